@@ -1,0 +1,102 @@
+"""Create the staging and production databases, their least-privilege roles, and their schemas.
+
+Idempotent: running it again changes nothing. Production DDL (``include/sql/production.sql``) is
+applied verbatim to production's ``practice`` schema and to staging's ``practice`` schema (the
+dummy production), so both always have the same tables and constraints.
+
+Roles:
+- ``clientflow_staging`` owns the staging database (raw tables, dummy production, ledger, dbt).
+- ``clientflow_promoter`` may only read and upsert production's practice tables: no DELETE, no
+  DDL, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "sql"
+STAGING_ROLE = "clientflow_staging"
+PROMOTER_ROLE = "clientflow_promoter"
+PRACTICE_SCHEMA = "practice"
+
+
+def _ensure_role(admin: psycopg.Connection[Any], role: str, password: str) -> None:
+    if not admin.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
+        admin.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    admin.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
+
+
+def _ensure_database(admin: psycopg.Connection[Any], name: str, owner: str) -> None:
+    if not admin.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+        admin.execute(
+            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner))
+        )
+
+
+def apply_production_ddl(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(PRACTICE_SCHEMA)))
+    conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(PRACTICE_SCHEMA)))
+    conn.execute((SQL_DIR / "production.sql").read_text(encoding="utf-8"))
+    conn.execute("reset search_path")
+
+
+def bootstrap(admin_dsn: str, staging_db: str, production_db: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        _ensure_role(admin, STAGING_ROLE, os.environ.get("CLIENTFLOW_STAGING_PASSWORD", "local-only-staging"))
+        _ensure_role(admin, PROMOTER_ROLE, os.environ.get("CLIENTFLOW_PROMOTER_PASSWORD", "local-only-promoter"))
+        _ensure_database(admin, staging_db, STAGING_ROLE)
+        _ensure_database(admin, production_db, "postgres")
+
+    with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=staging_db)) as conn:
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(STAGING_ROLE)))
+        apply_production_ddl(conn)
+        conn.execute((SQL_DIR / "pipeline.sql").read_text(encoding="utf-8"))
+
+    with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=production_db)) as conn:
+        apply_production_ddl(conn)
+        conn.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(production_db)))
+        conn.execute(
+            sql.SQL("grant connect, temporary on database {} to {}").format(
+                sql.Identifier(production_db), sql.Identifier(PROMOTER_ROLE)
+            )
+        )
+        conn.execute(
+            sql.SQL("grant usage on schema {} to {}").format(
+                sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)
+            )
+        )
+        conn.execute(
+            sql.SQL("grant select, insert, update on all tables in schema {} to {}").format(
+                sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)
+            )
+        )
+    log.info("bootstrapped staging=%s production=%s", staging_db, production_db)
+
+
+def drop(admin_dsn: str, *databases: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        for name in databases:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Create clientflow's databases, roles and schemas.")
+    parser.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--staging-db", default="clientflow_staging")
+    parser.add_argument("--production-db", default="clientflow_production")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bootstrap(args.admin_dsn, args.staging_db, args.production_db)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Integrity: the schema registry and drift detection (checksums are verified while loading)."""

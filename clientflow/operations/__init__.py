@@ -1,0 +1,1 @@
+"""Operations: the job ledger, per-client locks, and failure alerts."""

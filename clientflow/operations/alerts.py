@@ -1,0 +1,86 @@
+"""Failure emails for on-call: what broke, for which client, table, run and file, and what was kept.
+
+The text holds identifiers only. An exception that is not one of ours may quote data (dbt and
+PostgreSQL echo values in their messages), so only its type is named and the log is pointed to.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from clientflow.errors import PipelineError
+
+KEPT = (
+    "Production is unchanged by this batch (promotion commits all or nothing). Earlier raw "
+    "batches are kept, and the batch's JSON files stay in the bucket for a re-run."
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    dag_id: str
+    task_id: str
+    airflow_run_id: str
+    try_number: int
+    client: str
+    batch: dict[str, Any]
+    exception: BaseException | None
+    log_url: str | None = None
+
+
+def safe_reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown (no exception recorded)"
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    return f"{type(exc).__name__} (details withheld from email because they may quote data; see the task log)"
+
+
+def compose(failure: Failure) -> tuple[str, str]:
+    b = failure.batch
+    subject = (
+        f"[clientflow] FAILED {failure.client} batch {b.get('date', '?')} "
+        f"run {b.get('run_id', '?')}: {failure.task_id}"
+    )
+    files = "\n".join(f"  - {key}" for key in b.get("files", [])) or "  (not yet resolved)"
+    kept = failure.exception.kept if isinstance(failure.exception, PipelineError) else KEPT
+    body = f"""A clientflow batch failed and Airflow will not retry it further.
+
+Client:        {failure.client}
+Batch date:    {b.get('date', '?')}
+Extractor run: {b.get('run_id', '?')}
+Ingestion id:  {b.get('ingestion_id', '(not assigned)')}
+DAG / task:    {failure.dag_id} / {failure.task_id} (try {failure.try_number})
+Airflow run:   {failure.airflow_run_id}
+Source files:
+{files}
+
+What broke:
+  {safe_reason(failure.exception)}
+
+What was kept:
+  {kept}
+
+Next step: fix the cause, then clear the failed task in the Airflow UI (or trigger the DAG with
+batch_date={b.get('date', 'YYYY-MM-DD')} and run_id={b.get('run_id', 'R')}).
+Log: {failure.log_url or '(see the Airflow UI)'}
+"""
+    return subject, body
+
+
+def send(host: str, port: int, sender: str, recipients: list[str], subject: str, body: str,
+         *, user: str | None = None, password: str | None = None, starttls: bool = False) -> None:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message.set_content(body)
+    with smtplib.SMTP(host, port, timeout=30) as smtp:
+        if starttls:
+            smtp.starttls()
+        if user:
+            smtp.login(user, password or "")
+        smtp.send_message(message)

@@ -1,0 +1,103 @@
+"""The job ledger in PostgreSQL (schema ``pipeline``): the source of truth for batch state.
+
+States: PENDING -> PROCESSING -> SUCCESS | FAILED, or DUPLICATE for a batch whose content was
+already promoted. Every change is appended to ``pipeline.batch_events``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from clientflow.arrival.manifest import Manifest
+
+STATES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "DUPLICATE")
+DONE = ("SUCCESS", "DUPLICATE")
+
+
+def ingestion_id_for(client: str, day: str, job_ids: Sequence[str]) -> str:
+    """Same client, date and file contents -> same id, however often the extractor ran."""
+    text = "\0".join(["clientflow-batch-v1", client, day, *sorted(job_ids)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def state_of(conn: psycopg.Connection[Any], ingestion_id: str) -> str | None:
+    row = conn.execute(
+        "select state from pipeline.batches where ingestion_id = %s", (ingestion_id,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def record_batch(
+    conn: psycopg.Connection[Any],
+    ingestion_id: str,
+    manifests: Sequence[tuple[Manifest, str, str]],
+    *,
+    dag_id: str | None,
+    airflow_run_id: str | None,
+) -> None:
+    """Create (or reuse, for a retried batch) the ledger rows of a batch, in state PENDING."""
+    first = manifests[0][0]
+    conn.execute(
+        """
+        insert into pipeline.batches
+            (ingestion_id, client_name, batch_date, run_id, state, airflow_dag_id, airflow_run_id)
+        values (%s, %s, %s, %s, 'PENDING', %s, %s)
+        on conflict (ingestion_id) do update
+            set state = 'PENDING', run_id = excluded.run_id, airflow_dag_id = excluded.airflow_dag_id,
+                airflow_run_id = excluded.airflow_run_id, error = null, updated_at = now()
+        """,
+        (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id),
+    )
+    conn.execute(
+        "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail) "
+        "values (%s, 'PENDING', %s, %s)",
+        (ingestion_id, airflow_run_id, f"run_id={first.run_id}"),
+    )
+    for manifest, data_key, manifest_key in manifests:
+        conn.execute(
+            """
+            insert into pipeline.jobs (job_id, ingestion_id, client_name, table_name, source_file,
+                                       manifest_file, row_count, sha256)
+            values (%s, %s, %s, %s, %s, %s, %s, %s)
+            on conflict (job_id, ingestion_id) do update
+                set source_file = excluded.source_file, manifest_file = excluded.manifest_file
+            """,
+            (manifest.job_id, ingestion_id, manifest.client, manifest.table, data_key,
+             manifest_key, manifest.row_count, manifest.sha256),
+        )
+
+
+def set_state(
+    conn: psycopg.Connection[Any],
+    ingestion_id: str,
+    state: str,
+    *,
+    airflow_run_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    if state not in STATES:
+        raise ValueError(state)
+    conn.execute(
+        "update pipeline.batches set state = %s, updated_at = now(), "
+        "error = case when %s = 'FAILED' then %s else null end where ingestion_id = %s",
+        (state, state, detail, ingestion_id),
+    )
+    conn.execute(
+        "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail) "
+        "values (%s, %s, %s, %s)",
+        (ingestion_id, state, airflow_run_id, detail),
+    )
+
+
+def history(conn: psycopg.Connection[Any], ingestion_id: str) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "select state from pipeline.batch_events where ingestion_id = %s order by event_id",
+            (ingestion_id,),
+        )
+    ]

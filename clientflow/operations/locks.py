@@ -1,0 +1,96 @@
+"""One job per client at a time: a Redis lock with a fencing token, checked by PostgreSQL.
+
+Redis gives a fast, expiring lock. Because a lock can expire while its holder still runs (a
+lost heartbeat, a long GC pause), every write transaction also checks, in PostgreSQL, that the
+holder's token is still the newest one for the client; a stale holder's commit is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import redis
+
+from clientflow.config import RedisSettings
+from clientflow.errors import TransientError, Where
+
+# Release only if we still hold it (compare-and-delete).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class LockLost(TransientError):
+    """Another run for the client holds a newer token."""
+
+
+@dataclass(frozen=True)
+class ClientLock:
+    client: str
+    token: int
+    holder: str
+
+
+def _client(settings: RedisSettings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.url.get_secret_value(), socket_timeout=10, socket_connect_timeout=10
+    )
+
+
+def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str, holder: str) -> ClientLock:
+    """Take the client's lock or raise :class:`LockLost` (the task retries with backoff)."""
+    r = _client(settings)
+    key = f"{settings.key_prefix}:lock:{client}"
+    token = int(r.incr(f"{settings.key_prefix}:fence:{client}"))
+    value = f"{token}:{holder}:{uuid.uuid4().hex}"
+    if not r.set(key, value, nx=True, ex=settings.lock_timeout_seconds):
+        raise LockLost(
+            "another run holds this client's lock; retrying later",
+            Where(client=client),
+            kept="nothing was changed",
+        )
+    conn.execute(
+        """
+        insert into pipeline.client_fence (client_name, token, holder) values (%s, %s, %s)
+        on conflict (client_name) do update set token = excluded.token, holder = excluded.holder,
+            acquired_at = now()
+        where pipeline.client_fence.token < excluded.token
+        """,
+        (client, token, holder),
+    )
+    return ClientLock(client, token, value)
+
+
+def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
+    """Inside a write transaction: refuse if a newer holder took over. Holds the row lock."""
+    row = conn.execute(
+        "select token from pipeline.client_fence where client_name = %s for update",
+        (lock.client,),
+    ).fetchone()
+    if row is None or row[0] != lock.token:
+        raise LockLost(
+            f"fencing token {lock.token} is stale (current {row[0] if row else None}); a newer run "
+            "owns this client",
+            Where(client=lock.client),
+        )
+
+
+def release(settings: RedisSettings, lock: ClientLock) -> None:
+    r = _client(settings)
+    r.eval(_RELEASE, 1, f"{settings.key_prefix}:lock:{lock.client}", lock.holder)
+
+
+def remember_promoted(settings: RedisSettings, ingestion_id: str) -> None:
+    """Fast-path idempotency key; PostgreSQL's ledger stays the source of truth."""
+    _client(settings).set(f"{settings.key_prefix}:promoted:{ingestion_id}", "1", ex=30 * 86400)
+
+
+def known_promoted(settings: RedisSettings, ingestion_id: str) -> bool:
+    try:
+        return bool(_client(settings).exists(f"{settings.key_prefix}:promoted:{ingestion_id}"))
+    except redis.RedisError:
+        return False  # Redis is only a cache here: fall back to the ledger.

@@ -1,0 +1,1 @@
+"""Promotion: upsert a validated batch from dummy production into production, atomically."""

@@ -1,0 +1,1 @@
+"""Sample client source databases, for the demo, the tests and the benchmarks."""

@@ -1,0 +1,1 @@
+"""Validation gates between the dummy production schema and production."""

@@ -1,0 +1,15 @@
+{{ config(unique_key=['client_id', 'provider_id']) }}
+
+with staged as (
+    select * from {{ ref('stg_providers') }}
+),
+
+final as (
+    select
+        client_id, provider_id, first_name, last_name, specialty, npi, email, active,
+        ingestion_id,
+        now() as synced_at
+    from staged
+)
+
+select * from final

@@ -1,0 +1,65 @@
+-- The pipeline's own bookkeeping, in the staging database (schema pipeline).
+-- PostgreSQL is the source of truth for job state; Redis only holds locks and a fast-path cache.
+
+create schema if not exists pipeline;
+
+-- One row per batch: one extractor run (run_id) of one client for one date.
+-- ingestion_id is derived from the client, date and the job ids of the batch's files, so the same
+-- content extracted twice gets the same ingestion_id.
+create table if not exists pipeline.batches (
+    ingestion_id    text        primary key,
+    client_name     text        not null,
+    batch_date      date        not null,
+    run_id          text        not null,
+    state           text        not null check (state in ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'DUPLICATE')),
+    airflow_dag_id  text,
+    airflow_run_id  text,
+    error           text,
+    created_at      timestamptz not null default now(),
+    updated_at      timestamptz not null default now()
+);
+create index if not exists batches_client_state_idx on pipeline.batches (client_name, state, batch_date);
+
+-- One row per file of a batch: the job id of the extractor's manifest, traceable to the S3 object.
+create table if not exists pipeline.jobs (
+    job_id          text        not null,
+    ingestion_id    text        not null references pipeline.batches (ingestion_id),
+    client_name     text        not null,
+    table_name      text        not null,
+    source_file     text        not null,
+    manifest_file   text        not null,
+    row_count       bigint      not null,
+    sha256          text        not null,
+    primary key (job_id, ingestion_id)
+);
+
+-- Every state change, append-only.
+create table if not exists pipeline.batch_events (
+    event_id        bigserial   primary key,
+    ingestion_id    text        not null references pipeline.batches (ingestion_id),
+    state           text        not null,
+    airflow_run_id  text,
+    detail          text,
+    at              timestamptz not null default now()
+);
+create index if not exists batch_events_ingestion_idx on pipeline.batch_events (ingestion_id, event_id);
+
+-- Versioned column schemas of each client table, as the manifests declared them.
+create table if not exists pipeline.schema_registry (
+    client_name     text        not null,
+    table_name      text        not null,
+    version         integer     not null,
+    fingerprint     text        not null,
+    columns         jsonb       not null,
+    ingestion_id    text        not null,
+    registered_at   timestamptz not null default now(),
+    primary key (client_name, table_name, version)
+);
+
+-- Fencing tokens of the per-client Redis lock: a write commits only if its token is current.
+create table if not exists pipeline.client_fence (
+    client_name     text        primary key,
+    token           bigint      not null,
+    holder          text        not null,
+    acquired_at     timestamptz not null default now()
+);

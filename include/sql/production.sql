@@ -1,0 +1,58 @@
+-- Our practice platform's production schema.
+--
+-- Applied verbatim to the production database and, as the "dummy production" replica, to the
+-- staging database, so constraints are exercised in staging before anything reaches production.
+-- Every table carries the tenant key (client_id) as the first column of its primary key.
+-- The caller sets search_path to the target schema (practice) before running this file.
+
+create table if not exists providers (
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    provider_id    text        not null check (provider_id <> ''),
+    first_name     text,
+    last_name      text        not null check (last_name <> ''),
+    specialty      text        not null check (
+        specialty in ('general_dentistry', 'orthodontics', 'hygiene', 'optometry', 'ophthalmology', 'other')
+    ),
+    npi            text        check (npi ~ '^[0-9]{10}$'),
+    email          text        check (email = lower(email) and email like '%_@_%'),
+    active         boolean     not null,
+    ingestion_id   text        not null,
+    synced_at      timestamptz not null default now(),
+    primary key (client_id, provider_id)
+);
+
+create table if not exists patients (
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    patient_id     text        not null check (patient_id <> ''),
+    first_name     text,
+    last_name      text        not null check (last_name <> ''),
+    date_of_birth  date        check (date_of_birth between date '1890-01-01' and date '2100-01-01'),
+    sex            text        not null check (sex in ('female', 'male', 'other', 'unknown')),
+    email          text        check (email = lower(email) and email like '%_@_%'),
+    phone          text        check (phone ~ '^\+?[0-9]{7,15}$'),
+    postal_code    text,
+    created_at     timestamptz,
+    ingestion_id   text        not null,
+    synced_at      timestamptz not null default now(),
+    primary key (client_id, patient_id)
+);
+
+create table if not exists appointments (
+    client_id         text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    appointment_id    text        not null check (appointment_id <> ''),
+    patient_id        text        not null,
+    provider_id       text        not null,
+    starts_at         timestamptz not null,
+    duration_minutes  integer     not null check (duration_minutes between 5 and 480),
+    status            text        not null check (status in ('scheduled', 'completed', 'cancelled', 'no_show')),
+    reason            text,
+    fee               numeric(10, 2) check (fee >= 0),
+    ingestion_id      text        not null,
+    synced_at         timestamptz not null default now(),
+    primary key (client_id, appointment_id),
+    foreign key (client_id, patient_id) references patients (client_id, patient_id),
+    foreign key (client_id, provider_id) references providers (client_id, provider_id)
+);
+
+create index if not exists appointments_patient_idx on appointments (client_id, patient_id);
+create index if not exists appointments_provider_idx on appointments (client_id, provider_id);

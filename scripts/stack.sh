@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The local stack: PostgreSQL, Redis, an S3 endpoint (moto), an SMTP sink, and Airflow.
+#
+#   scripts/stack.sh services   PostgreSQL + Redis only (reused if running, else installed/started)
+#   scripts/stack.sh up         services + moto + SMTP sink + databases + Airflow standalone
+#   scripts/stack.sh down       stop what this script started (never a service it merely reused)
+#   scripts/stack.sh status
+#
+# State lives in .stack/ (git-ignored). Running `up` twice is harmless.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$ROOT/.stack"
+VENV="$ROOT/.venv"
+PG_HOST="${CLIENTFLOW_PG_HOST:-127.0.0.1}"
+PG_PORT="${CLIENTFLOW_PG_PORT:-5432}"
+REDIS_PORT="${CLIENTFLOW_REDIS_PORT:-6379}"
+S3_PORT="${CLIENTFLOW_S3_PORT:-5055}"
+SMTP_PORT="${CLIENTFLOW_SMTP_PORT:-8025}"
+AIRFLOW_PORT="${CLIENTFLOW_AIRFLOW_PORT:-8080}"
+mkdir -p "$STATE"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {
+  local host=$1 port=$2 what=$3
+  for _ in $(seq 1 120); do port_open "$host" "$port" && return 0; sleep 0.5; done
+  log "$what did not come up on $host:$port"; return 1
+}
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then log "need root to apt-get install $*"; return 1; fi
+  if [ ! -f "$STATE/.apt-updated" ]; then apt-get update -qq && touch "$STATE/.apt-updated"; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+  if command -v pg_isready >/dev/null && pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; then
+    if psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+      log "PostgreSQL: reusing $PG_HOST:$PG_PORT"; return 0
+    fi
+    log "PostgreSQL on $PG_HOST:$PG_PORT does not accept user postgres without a password"; return 1
+  fi
+  local bindir
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$bindir" ]; then log "PostgreSQL: installing from Debian"; apt_install postgresql postgresql-client
+    bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1); fi
+  local data="$STATE/postgres"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "PostgreSQL: initialising a cluster in $data (trust auth on loopback)"
+    mkdir -p "$data" && chown postgres:postgres "$data" && chmod 700 "$data"
+    runuser -u postgres -- "$bindir/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  mkdir -p "$STATE/pgsock" && chown postgres:postgres "$STATE/pgsock"
+  runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -l "$STATE/postgres.log" -w \
+    -o "-h $PG_HOST -p $PG_PORT -k $STATE/pgsock" start >/dev/null
+  touch "$STATE/postgres.ours"
+  log "PostgreSQL: started on $PG_HOST:$PG_PORT"
+}
+
+ensure_redis() {
+  if port_open 127.0.0.1 "$REDIS_PORT"; then log "Redis: reusing 127.0.0.1:$REDIS_PORT"; return 0; fi
+  command -v redis-server >/dev/null || { log "Redis: installing from Debian"; apt_install redis-server; }
+  mkdir -p "$STATE/redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$STATE/redis" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+  wait_port 127.0.0.1 "$REDIS_PORT" Redis
+  touch "$STATE/redis.ours"
+  log "Redis: started on 127.0.0.1:$REDIS_PORT"
+}
+
+start_bg() {  # name port command...
+  local name=$1 port=$2; shift 2
+  if port_open 127.0.0.1 "$port"; then log "$name: already listening on $port"; return 0; fi
+  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+  wait_port 127.0.0.1 "$port" "$name"
+  log "$name: started on 127.0.0.1:$port (log .stack/$name.log)"
+}
+
+airflow_env() {
+  export AIRFLOW_HOME="$STATE/airflow"
+  export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+  export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+  export AIRFLOW__CORE__LOAD_EXAMPLES=False
+  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$STATE/airflow/passwords.json"
+  export AIRFLOW__API__PORT="$AIRFLOW_PORT"
+  export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=15
+  export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=15
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  eval "$("$VENV/bin/python" -m clientflow.settings_file)"
+}
+
+up() {
+  ensure_postgres
+  ensure_redis
+  start_bg moto "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+  start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Debugging stdout
+  "$VENV/bin/python" -m clientflow.bootstrap --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
+  "$VENV/bin/python" - <<PY
+import boto3
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:$S3_PORT", region_name="us-east-1",
+                  aws_access_key_id="local-access-key", aws_secret_access_key="local-secret-key")
+if "${CLIENTFLOW_BUCKET:-clientflow-landing}" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+    s3.create_bucket(Bucket="${CLIENTFLOW_BUCKET:-clientflow-landing}")
+PY
+  airflow_env
+  mkdir -p "$AIRFLOW_HOME"
+  [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
+  if ! port_open 127.0.0.1 "$AIRFLOW_PORT"; then
+    "$VENV/bin/airflow" db migrate >"$STATE/airflow-migrate.log" 2>&1
+    nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
+    echo $! >"$STATE/airflow.pid"
+    wait_port 127.0.0.1 "$AIRFLOW_PORT" "Airflow api-server" || { tail -n 30 "$STATE/airflow.log" >&2; return 1; }
+    log "Airflow: http://127.0.0.1:$AIRFLOW_PORT (login admin / admin)"
+  else
+    log "Airflow: already on http://127.0.0.1:$AIRFLOW_PORT"
+  fi
+}
+
+stop_pid() {
+  local name=$1 file="$STATE/$1.pid"
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    pkill -TERM -P "$pid" 2>/dev/null || true; kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "$name: stopped"
+  fi
+  rm -f "$file"
+}
+
+down() {
+  stop_pid airflow
+  pkill -f "$STATE/airflow" 2>/dev/null || true
+  stop_pid smtp
+  stop_pid moto
+  if [ -f "$STATE/redis.ours" ]; then
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; rm -f "$STATE/redis.ours"; log "Redis: stopped"
+  fi
+  if [ -f "$STATE/postgres.ours" ]; then
+    local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    runuser -u postgres -- "$bindir/pg_ctl" -D "$STATE/postgres" -m fast stop >/dev/null || true
+    rm -f "$STATE/postgres.ours"; log "PostgreSQL: stopped"
+  fi
+}
+
+status() {
+  for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $S3_PORT" "SMTP $SMTP_PORT" "Airflow $AIRFLOW_PORT"; do
+    set -- $pair
+    if port_open 127.0.0.1 "$2"; then echo "$1: up on $2"; else echo "$1: down"; fi
+  done
+}
+
+case "${1:-}" in
+  services) ensure_postgres; ensure_redis ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  airflow-env) airflow_env; env | grep -E '^(AIRFLOW|PYTHONPATH)' | sed 's/^/export /' ;;
+  *) echo "usage: $0 services|up|down|status" >&2; exit 2 ;;
+esac
