@@ -97,6 +97,7 @@ def ingest(
                     "values (%s, 'DUPLICATE', %s, %s)",
                     (ingestion_id, airflow_run_id, f"run_id={batch['run_id']} skipped"),
                 )
+                conn.commit()  # leaving the block by an exception would roll the event back
             raise DuplicateBatch(ingestion_id)
         ledger.record_batch(conn, ingestion_id, manifests, dag_id=dag_id, airflow_run_id=airflow_run_id)
     with psycopg.connect(settings.staging.conninfo()) as conn:
@@ -178,10 +179,21 @@ def prune_raw(conn: psycopg.Connection[Any], mapping: ClientMapping) -> None:
 
 
 def mark_failed(settings: PipelineSettings, batch: dict[str, Any], error: str, *, airflow_run_id: str | None) -> None:
-    """Record FAILED and free the client's lock. Raw batches and production are left as they are."""
-    if batch.get("ingestion_id"):
-        with psycopg.connect(settings.staging.conninfo()) as conn:
-            if ledger.state_of(conn, batch["ingestion_id"]) not in (None, *ledger.DONE):
-                ledger.set_state(conn, batch["ingestion_id"], "FAILED", airflow_run_id=airflow_run_id, detail=error)
+    """Record FAILED and free the client's lock. Raw batches and production are left as they are.
+
+    A batch that failed before its ingestion id reached Airflow (e.g. in ``ingest``) is found by
+    client, date and run id among the unfinished ones.
+    """
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        ids = [batch["ingestion_id"]] if batch.get("ingestion_id") else [
+            row[0] for row in conn.execute(
+                "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
+                "and run_id = %s and state in ('PENDING', 'PROCESSING')",
+                (batch.get("client"), batch.get("date"), batch.get("run_id")),
+            )
+        ] if batch.get("run_id") else []
+        for ingestion_id in ids:
+            if ledger.state_of(conn, ingestion_id) not in (None, *ledger.DONE):
+                ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id, detail=error)
     if batch.get("lock"):
         locks.release(settings.redis, _lock_of(batch))

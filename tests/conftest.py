@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL, Redis, moto's S3 server and an SMTP server, all on loopback.
+"""Shared fixtures (never import this module from a test: it sets ports at import time): real PostgreSQL, Redis, moto's S3 server and an SMTP server, all on loopback.
 
 The environment is set at import time, before Airflow is imported anywhere, so Airflow's
 configuration (a throwaway SQLite metadata database) and connections point at this session's
@@ -7,7 +7,6 @@ own databases, bucket and ports. Every database this session creates is dropped 
 
 from __future__ import annotations
 
-import mailbox
 import os
 import shutil
 import socket
@@ -91,7 +90,7 @@ def s3_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def smtp_mailbox() -> Iterator[Path]:
     """A real SMTP server (aiosmtpd) that appends every message to an mbox file."""
-    box = TMP / "mail.mbox"
+    box = TMP / "maildir"
     proc = subprocess.Popen(
         [str(VENV_BIN / "python"), "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{SMTP_PORT}",
          "-c", "aiosmtpd.handlers.Mailbox", str(box)],
@@ -101,12 +100,6 @@ def smtp_mailbox() -> Iterator[Path]:
     yield box
     proc.terminate()
     proc.wait(10)
-
-
-def read_mail(box: Path) -> list[Any]:
-    if not box.exists():
-        return []
-    return list(mailbox.mbox(str(box)))
 
 
 @pytest.fixture(scope="session")

@@ -31,11 +31,21 @@ class Failure:
     log_url: str | None = None
 
 
+def ours(exc: BaseException | None) -> PipelineError | None:
+    """Our error behind Airflow's wrapper (AirflowFailException ... from PipelineError), if any."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, PipelineError):
+            return exc
+        exc, seen = exc.__cause__, seen + 1
+    return None
+
+
 def safe_reason(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown (no exception recorded)"
-    if isinstance(exc, PipelineError):
-        return str(exc)
+    if (pipeline_error := ours(exc)) is not None:
+        return str(pipeline_error)
     return f"{type(exc).__name__} (details withheld from email because they may quote data; see the task log)"
 
 
@@ -46,7 +56,8 @@ def compose(failure: Failure) -> tuple[str, str]:
         f"run {b.get('run_id', '?')}: {failure.task_id}"
     )
     files = "\n".join(f"  - {key}" for key in b.get("files", [])) or "  (not yet resolved)"
-    kept = failure.exception.kept if isinstance(failure.exception, PipelineError) else KEPT
+    pipeline_error = ours(failure.exception)
+    kept = pipeline_error.kept if pipeline_error is not None else KEPT
     body = f"""A clientflow batch failed and Airflow will not retry it further.
 
 Client:        {failure.client}

@@ -1,0 +1,1 @@
+"""The client extractor: a single-file tool that clients run against their own database."""

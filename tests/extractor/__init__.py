@@ -1,0 +1,1 @@
+"""Tests of the client extractor binary (client_extractor/)."""
