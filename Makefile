@@ -49,3 +49,17 @@ lint: install
 
 clean:
 	rm -rf dist build dbt/target dbt/logs
+
+# The client extractor as one self-contained binary (PyInstaller onefile): dist/client-extractor.
+extractor: dist/client-extractor
+
+dist/client-extractor: $(VENV)/.installed client_extractor/extractor.py client_extractor/__main__.py client_extractor/__init__.py client_extractor/client-extractor.spec
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/client-extractor client_extractor/client-extractor.spec
+
+bench-extract: extractor
+	scripts/stack.sh services
+	$(VENV)/bin/python bench/bench_extract.py
+
+bench-load: install
+	scripts/stack.sh services
+	$(VENV)/bin/python bench/bench_load.py

@@ -85,12 +85,18 @@ airflow_env() {
   export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
   export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
+  export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://postgres@$PG_HOST:$PG_PORT/clientflow_airflow"
+  export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+  export AIRFLOW__COSMOS__ENABLE_TELEMETRY=False
+  export DO_NOT_TRACK=1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$STATE/airflow/passwords.json"
   export AIRFLOW__API__PORT="$AIRFLOW_PORT"
   export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=15
   export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=15
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$VENV/bin:$PATH"
   eval "$("$VENV/bin/python" -m clientflow.settings_file)"
 }
 
@@ -111,6 +117,9 @@ PY
   mkdir -p "$AIRFLOW_HOME"
   [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
   if ! port_open 127.0.0.1 "$AIRFLOW_PORT"; then
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc \
+      "select 1 from pg_database where datname = 'clientflow_airflow'" | grep -q 1 \
+      || psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "create database clientflow_airflow" >/dev/null
     "$VENV/bin/airflow" db migrate >"$STATE/airflow-migrate.log" 2>&1
     nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
     echo $! >"$STATE/airflow.pid"
@@ -161,6 +170,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  airflow-env) airflow_env; env | grep -E '^(AIRFLOW|PYTHONPATH)' | sed 's/^/export /' ;;
+  airflow-env) airflow_env; export -p | grep -E '^declare -x (AIRFLOW|PYTHONPATH=|PATH=|DO_NOT_TRACK=)' ;;
   *) echo "usage: $0 services|up|down|status" >&2; exit 2 ;;
 esac
