@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local stack: PostgreSQL, Redis, an S3 endpoint (moto), an SMTP sink, and Airflow.
 #
-#   scripts/stack.sh services   PostgreSQL + Redis only (reused if running, else installed/started)
+#   scripts/stack.sh services   PostgreSQL, Redis and MariaDB for the tests (reused if running,
+#                               else installed from Debian's packages and started)
 #   scripts/stack.sh up         services + moto + SMTP sink + databases + Airflow standalone
 #   scripts/stack.sh down       stop what this script started (never a service it merely reused)
 #   scripts/stack.sh status
@@ -15,6 +16,7 @@ VENV="$ROOT/.venv"
 PG_HOST="${CLIENTFLOW_PG_HOST:-127.0.0.1}"
 PG_PORT="${CLIENTFLOW_PG_PORT:-5432}"
 REDIS_PORT="${CLIENTFLOW_REDIS_PORT:-6379}"
+MARIADB_PORT="${CLIENTFLOW_MARIADB_PORT:-3306}"
 S3_PORT="${CLIENTFLOW_S3_PORT:-5055}"
 SMTP_PORT="${CLIENTFLOW_SMTP_PORT:-8025}"
 AIRFLOW_PORT="${CLIENTFLOW_AIRFLOW_PORT:-8080}"
@@ -54,7 +56,7 @@ ensure_postgres() {
     runuser -u postgres -- "$bindir/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   mkdir -p "$STATE/pgsock" && chown postgres:postgres "$STATE/pgsock"
-  runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -l "$STATE/postgres.log" -w \
+  runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w \
     -o "-h $PG_HOST -p $PG_PORT -k $STATE/pgsock" start >/dev/null
   touch "$STATE/postgres.ours"
   log "PostgreSQL: started on $PG_HOST:$PG_PORT"
@@ -69,6 +71,26 @@ ensure_redis() {
   wait_port 127.0.0.1 "$REDIS_PORT" Redis
   touch "$STATE/redis.ours"
   log "Redis: started on 127.0.0.1:$REDIS_PORT"
+}
+
+# MariaDB: only the extractor's tests need it (a client source database); the pipeline does not.
+ensure_mariadb() {
+  if port_open 127.0.0.1 "$MARIADB_PORT"; then log "MariaDB: reusing 127.0.0.1:$MARIADB_PORT"; return 0; fi
+  command -v mariadbd >/dev/null || command -v /usr/sbin/mariadbd >/dev/null \
+    || { log "MariaDB: installing from Debian"; apt_install mariadb-server; }
+  local data="$STATE/mariadb"
+  if [ ! -d "$data/mysql" ]; then
+    log "MariaDB: initialising $data (root without password, loopback only)"
+    mkdir -p "$data" && chown mysql:mysql "$data"
+    mariadb-install-db --user=mysql --datadir="$data" --auth-root-authentication-method=normal \
+      --skip-test-db >/dev/null
+  fi
+  mkdir -p "$STATE/mysqld" && chown mysql:mysql "$STATE/mysqld"
+  nohup /usr/sbin/mariadbd --user=mysql --datadir="$data" --bind-address=127.0.0.1 --port="$MARIADB_PORT" \
+    --socket="$STATE/mysqld/mysqld.sock" --pid-file="$STATE/mysqld/mysqld.pid" >"$STATE/mariadb.log" 2>&1 &
+  wait_port 127.0.0.1 "$MARIADB_PORT" MariaDB
+  touch "$STATE/mariadb.ours"
+  log "MariaDB: started on 127.0.0.1:$MARIADB_PORT"
 }
 
 start_bg() {  # name port command...
@@ -151,6 +173,10 @@ down() {
   if [ -f "$STATE/redis.ours" ]; then
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; rm -f "$STATE/redis.ours"; log "Redis: stopped"
   fi
+  if [ -f "$STATE/mariadb.ours" ]; then
+    kill -TERM "$(cat "$STATE/mysqld/mysqld.pid" 2>/dev/null)" 2>/dev/null || true
+    rm -f "$STATE/mariadb.ours"; log "MariaDB: stopped"
+  fi
   if [ -f "$STATE/postgres.ours" ]; then
     local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
     runuser -u postgres -- "$bindir/pg_ctl" -D "$STATE/postgres" -m fast stop >/dev/null || true
@@ -166,7 +192,7 @@ status() {
 }
 
 case "${1:-}" in
-  services) ensure_postgres; ensure_redis ;;
+  services) ensure_postgres; ensure_redis; ensure_mariadb ;;
   up) up ;;
   down) down ;;
   status) status ;;

@@ -23,7 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-ADMIN_DSN = os.environ.get("CLIENTFLOW_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get(
+    "CLIENTFLOW_ADMIN_DSN", f"postgresql://postgres@127.0.0.1:{os.environ.get('CLIENTFLOW_PG_PORT', '5432')}/postgres"
+)
 
 
 def _free_port() -> int:
