@@ -21,7 +21,7 @@ from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, 
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
-from clientflow.arrival.layout import DATA_FILE, MANIFEST_FILE
+from clientflow.arrival.batches import sensor_check
 from clientflow.config import ConnectionIds
 from clientflow.mapping import ClientMapping
 
@@ -39,6 +39,7 @@ def stage(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import psycopg
+        import redis
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -62,6 +63,8 @@ def stage(func: F) -> F:
             raise wrapped from None
         except (BotoCoreError, ClientError) as exc:
             raise TransientError(f"{func.__name__}: S3 error {type(exc).__name__}") from exc
+        except redis.RedisError as exc:
+            raise TransientError(f"{func.__name__}: Redis error {type(exc).__name__}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -104,6 +107,7 @@ def _dbt_group(mapping: ClientMapping) -> DbtTaskGroup:
     dbt_vars: dict[str, Any] = {
         **mapping.dbt_vars(),
         "ingestion_id": "{{ ti.xcom_pull(task_ids='ingest')['ingestion_id'] }}",
+        "batch_date": "{{ ti.xcom_pull(task_ids='ingest')['date'] }}",
     }
     return DbtTaskGroup(
         group_id="transform",
@@ -135,11 +139,12 @@ def _dbt_group(mapping: ClientMapping) -> DbtTaskGroup:
 def build_client_dag(mapping: ClientMapping) -> DAG:
     client = mapping.client
     start = datetime.combine(mapping.start_date, datetime.min.time(), tzinfo=ZoneInfo("UTC"))
-    keys = [
-        f"client={client}/table={table}/date={{{{ ti.xcom_pull(task_ids='plan')['date_nodash'] }}}}/run_id=*/{name}"
-        for table in mapping.source_tables
-        for name in (DATA_FILE, MANIFEST_FILE)
-    ]
+    # One pattern over all tables of the date (and run, if given); check_fn then requires that a
+    # single run holds every table's data.json and manifest.json, so a partial upload waits.
+    key = (
+        f"client={client}/table=*/date={{{{ ti.xcom_pull(task_ids='plan')['date_nodash'] }}}}/"
+        f"run_id={{{{ ti.xcom_pull(task_ids='plan')['run_id'] or '*' }}}}/*.json"
+    )
     with DAG(
         dag_id=f"client_{client}",
         description=f"Arrival -> raw -> dbt -> validate -> promote for {mapping.display_name}",
@@ -166,26 +171,20 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
     ) as dag:
 
         @task
+        @stage
         def plan(**context: Any) -> dict[str, str]:
-            from datetime import UTC, date
-
-            from clientflow.errors import BadInputError, Where
+            from clientflow import pipeline
             params = context["params"]
-            raw = params.get("batch_date")
-            logical = context.get("logical_date")
-            try:
-                day = date.fromisoformat(raw) if raw else (logical.date() if logical else datetime.now(UTC).date())
-            except ValueError:
-                raise BadInputError("batch_date must be YYYY-MM-DD", Where(client=client)) from None
-            return {"client": client, "date": day.isoformat(), "date_nodash": day.strftime("%Y%m%d"),
-                    "run_id": params.get("run_id") or ""}
+            return pipeline.plan(client, params.get("batch_date"), params.get("run_id"),
+                                 context.get("logical_date"))
 
         wait = S3KeySensor(
             task_id="wait_for_batch",
             aws_conn_id=IDS.s3,
             bucket_name=f"{{{{ conn.{IDS.s3}.extra_dejson.bucket }}}}",
-            bucket_key=keys,
+            bucket_key=key,
             wildcard_match=True,
+            check_fn=sensor_check(mapping),
             deferrable=True,
             poke_interval=30,
             timeout=timedelta(hours=20).total_seconds(),

@@ -19,7 +19,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "appointments": ("client_id", "appointment_id"),
 }
 
-# Columns a mapping may fill, per entity (client_id, ingestion_id and synced_at are ours).
+# Columns a mapping may fill, per entity (client_id, ingestion_id, source_batch_date and synced_at are ours).
 MAPPABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "providers": ("provider_id", "first_name", "last_name", "specialty", "npi", "email", "active"),
     "patients": (
@@ -32,12 +32,13 @@ MAPPABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-PIPELINE_COLUMNS = ("client_id", "ingestion_id", "synced_at")
+# source_batch_date: the date of the batch that last wrote the row (newer or equal date wins).
+PIPELINE_COLUMNS = ("client_id", "ingestion_id", "source_batch_date", "synced_at")
 
 
 def production_columns(entity: str) -> tuple[str, ...]:
     """All columns of the production table, in DDL order."""
-    return ("client_id", *MAPPABLE_COLUMNS[entity], "ingestion_id", "synced_at")
+    return ("client_id", *MAPPABLE_COLUMNS[entity], "ingestion_id", "source_batch_date", "synced_at")
 
 
 def business_columns(entity: str) -> tuple[str, ...]:

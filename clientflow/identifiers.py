@@ -1,12 +1,20 @@
 """Identifiers that come from client data: checked, then always quoted.
 
 PostgreSQL silently truncates identifiers to 63 bytes (NAMEDATALEN - 1), so two long client
-names can become the same column. We refuse such names instead of merging them.
+names can become the same column, and ``ADD COLUMN IF NOT EXISTS`` can then match the wrong one.
+We refuse such names instead of merging them. Names that differ only by case are distinct to
+PostgreSQL once quoted, but not to the people and tools downstream (dbt, spreadsheets), so they
+are refused too, as are names that would shadow a raw table's metadata columns.
+
+Quotes, spaces, semicolons and any printable Unicode are fine: every name is quoted with
+``psycopg.sql.Identifier``. Control characters are refused: no database needs them in a column
+name, and they would make error messages and logs ambiguous.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from psycopg import sql
@@ -23,12 +31,13 @@ class IdentifierError(ValueError):
 def check_identifier(name: str, kind: str = "identifier") -> str:
     if not isinstance(name, str) or name == "":
         raise IdentifierError(f"{kind} name is empty")
-    if "\x00" in name:
-        raise IdentifierError(f"{kind} name contains a NUL byte")
-    encoded = name.encode("utf-8", errors="strict")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        raise IdentifierError(f"{kind} name {_shown(name)} holds a control character or a lone "
+                              "surrogate")
+    encoded = name.encode("utf-8")
     if len(encoded) > MAX_IDENTIFIER_BYTES:
         raise IdentifierError(
-            f"{kind} name {name[:20]!r}... is {len(encoded)} bytes; PostgreSQL keeps only "
+            f"{kind} name {_shown(name)} is {len(encoded)} bytes; PostgreSQL keeps only "
             f"{MAX_IDENTIFIER_BYTES}, so it would be truncated"
         )
     return name
@@ -41,14 +50,17 @@ def check_client_name(name: str) -> str:
 
 
 def check_columns(names: Iterable[str], kind: str = "column") -> list[str]:
-    """Check every name, and that none collide once PostgreSQL is done with them."""
+    """Check every name, and that none collide once case is ignored or with metadata columns."""
+    reserved = {r.casefold(): r for r in RESERVED_RAW_COLUMNS}
     seen: dict[str, str] = {}
     checked = []
     for name in names:
         check_identifier(name, kind)
-        if name in RESERVED_RAW_COLUMNS:
-            raise IdentifierError(f"{kind} {name!r} collides with a raw-table metadata column")
-        folded = name.lower()
+        folded = name.casefold()
+        if folded in reserved:
+            raise IdentifierError(
+                f"{kind} {name!r} collides with the raw-table metadata column {reserved[folded]!r}"
+            )
         if folded in seen:
             raise IdentifierError(
                 f"{kind} names {seen[folded]!r} and {name!r} differ only by case; refused rather "
@@ -67,3 +79,8 @@ def ident(*parts: str) -> sql.Identifier:
     for part in parts:
         check_identifier(part)
     return sql.Identifier(*parts)
+
+
+def _shown(name: str) -> str:
+    """A name as it may appear in a message: repr() escapes what is not printable; long ones cut."""
+    return repr(name if len(name) <= 40 else name[:40] + "...")

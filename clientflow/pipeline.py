@@ -7,8 +7,9 @@ never row values. Settings and the mapping are passed in; nothing here reads glo
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -38,6 +39,31 @@ def _where(batch: dict[str, Any], table: str | None = None, file: str | None = N
 
 def _lock_of(batch: dict[str, Any]) -> locks.ClientLock:
     return locks.ClientLock(**batch["lock"])
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+
+
+def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | None) -> dict[str, str]:
+    """The batch to wait for: the ``batch_date`` param, else the run's logical date, else today.
+
+    Scheduled runs and ``airflow backfill create`` runs carry a logical date and no params, so a
+    backfill reprocesses each date from the JSON files kept in the bucket.
+    """
+    where = Where(client=client)
+    if batch_date not in (None, ""):
+        if not isinstance(batch_date, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", batch_date):
+            raise BadInputError("param batch_date must be a date written YYYY-MM-DD", where)
+        try:
+            day = date.fromisoformat(batch_date)
+        except ValueError:
+            raise BadInputError("param batch_date is not a calendar date", where) from None
+    else:
+        day = logical_date.date() if logical_date is not None else datetime.now(UTC).date()
+    if run_id not in (None, "") and not (isinstance(run_id, str) and RUN_ID.match(run_id)):
+        raise BadInputError(f"param run_id must match {RUN_ID.pattern}", where)
+    return {"client": client, "date": day.isoformat(), "date_nodash": day.strftime("%Y%m%d"),
+            "run_id": run_id or ""}
 
 
 def find_batch(settings: PipelineSettings, mapping: ClientMapping, day: date, run_id: str | None) -> dict[str, Any]:
@@ -84,29 +110,70 @@ def ingest(
     dag_id: str | None = None,
     airflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Verify and load a batch into the raw tables; raise DuplicateBatch if already promoted."""
+    """Verify and load a batch into the raw tables; raise DuplicateBatch if already promoted.
+
+    The client's lock is taken first, so the duplicate check and every write happen under it;
+    it stays held (its token travels in the returned batch) until ``promote`` or ``mark_failed``
+    releases it. If this stage fails, it releases the lock itself: a retry must not wait for
+    the lock's timeout.
+    """
     manifests = _read_manifests(settings, mapping, batch)
     ingestion_id = ledger.ingestion_id_for(mapping.client, batch["date"], [m.job_id for m, _, _ in manifests])
     batch = {**batch, "ingestion_id": ingestion_id}
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        state = ledger.state_of(conn, ingestion_id)
-        if state in ledger.DONE or (state is None and locks.known_promoted(settings.redis, ingestion_id)):
-            if state is not None:
-                conn.execute(
-                    "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail) "
-                    "values (%s, 'DUPLICATE', %s, %s)",
-                    (ingestion_id, airflow_run_id, f"run_id={batch['run_id']} skipped"),
-                )
-                conn.commit()  # leaving the block by an exception would roll the event back
-            raise DuplicateBatch(ingestion_id)
-        ledger.record_batch(conn, ingestion_id, manifests, dag_id=dag_id, airflow_run_id=airflow_run_id)
-    with psycopg.connect(settings.staging.conninfo()) as conn:
         lock = locks.acquire(settings.redis, conn, mapping.client, holder=airflow_run_id or "manual")
-    batch["lock"] = asdict(lock)
-    rows: dict[str, int] = {}
+    try:
+        _skip_if_promoted(settings, batch, manifests, airflow_run_id)
+        with psycopg.connect(settings.staging.conninfo()) as conn:
+            ledger.record_batch(conn, ingestion_id, manifests, dag_id=dag_id, airflow_run_id=airflow_run_id)
+        rows = _load(settings, mapping, batch, manifests, lock, airflow_run_id)
+    except BaseException:
+        _release_quietly(settings, lock)
+        raise
+    return {**batch, "lock": asdict(lock), "manifest_rows": rows}
+
+
+def _skip_if_promoted(
+    settings: PipelineSettings,
+    batch: dict[str, Any],
+    manifests: list[tuple[Manifest, str, str]],
+    airflow_run_id: str | None,
+) -> None:
+    """Raise DuplicateBatch if the ledger (the source of truth) has this content as promoted.
+
+    Redis remembers promoted ids too, but only as a hint: a Redis entry the ledger does not
+    confirm (a restored database, a shared Redis) never causes a skip.
+    """
+    ingestion_id = batch["ingestion_id"]
+    hinted = locks.known_promoted(settings.redis, ingestion_id)
     with psycopg.connect(settings.staging.conninfo()) as conn:
+        state = ledger.state_of(conn, ingestion_id)
+        if state in ledger.DONE:
+            ledger.record_duplicate(conn, ingestion_id, [key for _, key, _ in manifests],
+                                    run_id=batch["run_id"], airflow_run_id=airflow_run_id)
+            conn.commit()  # leaving the block by an exception would roll the event back
+            raise DuplicateBatch(ingestion_id)
+    if hinted:
+        log.warning("[%s] Redis lists batch %s as promoted but the ledger does not; processing it",
+                    _where(batch).describe(), ingestion_id)
+
+
+def _load(
+    settings: PipelineSettings,
+    mapping: ClientMapping,
+    batch: dict[str, Any],
+    manifests: list[tuple[Manifest, str, str]],
+    lock: locks.ClientLock,
+    airflow_run_id: str | None,
+) -> dict[str, int]:
+    """Stream every table into raw in one transaction, fenced by the client's token."""
+    ingestion_id = batch["ingestion_id"]
+    rows: dict[str, int] = {}
+    with psycopg.connect(settings.staging.conninfo()) as conn:  # visible while the load runs
         locks.check(conn, lock)
         ledger.set_state(conn, ingestion_id, "PROCESSING", airflow_run_id=airflow_run_id)
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        locks.check(conn, lock)
         s3 = settings.s3.client()
         schema = raw_schema(mapping.client)
         for manifest, data_key, _ in manifests:
@@ -120,8 +187,16 @@ def ingest(
                                 source_file=f"s3://{settings.s3.bucket}/{data_key}")
             rows[manifest.table] = result.rows
             log.info("[%s] loaded %d rows (%d bytes, sha256 verified)", file_where.describe(), result.rows, result.byte_size)
-    batch["manifest_rows"] = rows
-    return batch
+    return rows
+
+
+def _release_quietly(settings: PipelineSettings, lock: locks.ClientLock) -> None:
+    """Free the lock after a failure; if Redis is unreachable too, its timeout frees it."""
+    try:
+        locks.release(settings.redis, lock)
+    except Exception as err:  # the original error matters more
+        log.warning("[client=%s] could not release the lock (%s); it expires on its own",
+                    lock.client, type(err).__name__)
 
 
 def validate(settings: PipelineSettings, mapping: ClientMapping, batch: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +209,12 @@ def validate(settings: PipelineSettings, mapping: ClientMapping, batch: dict[str
 
 
 def promote(settings: PipelineSettings, mapping: ClientMapping, batch: dict[str, Any], *, airflow_run_id: str | None = None) -> dict[str, dict[str, int]]:
-    """Upsert into production in one transaction, then mark SUCCESS and prune old raw batches."""
+    """Upsert into production in one transaction, then mark SUCCESS and prune old raw batches.
+
+    The staging transaction holds the client's fence row (``locks.check``) until production has
+    committed, so a run whose lock was taken over cannot commit, and a newer holder cannot start
+    writing before this promotion has finished.
+    """
     lock = _lock_of(batch)
     ingestion_id = batch["ingestion_id"]
     with psycopg.connect(settings.staging.conninfo()) as staging:
@@ -143,7 +223,7 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: dict[str,
             counts = promote_rows(staging, production, mapping.client, ingestion_id)
             production.commit()
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
-                              "unchanged": c.unchanged} for c in counts}
+                              "kept_newer": c.kept_newer, "unchanged": c.unchanged} for c in counts}
         ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
         prune_raw(staging, mapping)
     locks.remember_promoted(settings.redis, ingestion_id)

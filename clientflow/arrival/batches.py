@@ -8,6 +8,7 @@ writes the manifest last, so a partial upload never looks complete.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -40,16 +41,39 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def complete_runs(s3: Any, bucket: str, mapping: ClientMapping, day: date) -> list[str]:
-    """Run ids of ``day`` whose every expected table has both files, oldest first."""
-    prefix = f"client={mapping.client}/"
+def runs_with_every_table(keys: Iterable[str], mapping: ClientMapping, day: date) -> list[str]:
+    """Run ids of ``day`` among ``keys`` whose every expected table has both files, oldest first.
+
+    Files of different runs never add up to a batch: table A from one run and table B from
+    another is two partial uploads, not one complete one.
+    """
     present: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for key in _list_keys(s3, bucket, prefix):
+    for key in keys:
         parsed = parse_key(key)
         if parsed and parsed.client == mapping.client and parsed.day == day:
             present[parsed.run_id].add((parsed.table, parsed.file))
     needed = {(t, f) for t in mapping.source_tables for f in (DATA_FILE, MANIFEST_FILE)}
     return sorted(run_id for run_id, files in present.items() if needed <= files)
+
+
+def complete_runs(s3: Any, bucket: str, mapping: ClientMapping, day: date) -> list[str]:
+    """Run ids of ``day`` in the bucket whose every expected table has both files, oldest first."""
+    return runs_with_every_table(_list_keys(s3, bucket, f"client={mapping.client}/"), mapping, day)
+
+
+def sensor_check(mapping: ClientMapping) -> Callable[..., bool]:
+    """``check_fn`` for the S3KeySensor: true once one run holds every table's two files.
+
+    The sensor's key pattern already pins the client, the date and (if given) the run id; this
+    adds what a wildcard cannot say: all the files belong to the same run.
+    """
+
+    def complete(files: list[dict[str, Any]], **_context: Any) -> bool:
+        keys = [f["Key"] for f in files if f.get("Key")]
+        days = {p.day for p in map(parse_key, keys) if p is not None}
+        return any(runs_with_every_table(keys, mapping, day) for day in days)
+
+    return complete
 
 
 def batch_for(mapping: ClientMapping, day: date, run_id: str) -> Batch:

@@ -1,7 +1,9 @@
 """The job ledger in PostgreSQL (schema ``pipeline``): the source of truth for batch state.
 
 States: PENDING -> PROCESSING -> SUCCESS | FAILED, or DUPLICATE for a batch whose content was
-already promoted. Every change is appended to ``pipeline.batch_events``.
+already promoted. A FAILED batch can be retried: it goes back to PENDING and on from there.
+Every change is appended to ``pipeline.batch_events`` with its time, the Airflow run that made it
+and the S3 files it concerned, so a batch is traceable from its ingestion id to its files and back.
 """
 
 from __future__ import annotations
@@ -52,11 +54,6 @@ def record_batch(
         """,
         (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id),
     )
-    conn.execute(
-        "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail) "
-        "values (%s, 'PENDING', %s, %s)",
-        (ingestion_id, airflow_run_id, f"run_id={first.run_id}"),
-    )
     for manifest, data_key, manifest_key in manifests:
         conn.execute(
             """
@@ -69,6 +66,7 @@ def record_batch(
             (manifest.job_id, ingestion_id, manifest.client, manifest.table, data_key,
              manifest_key, manifest.row_count, manifest.sha256),
         )
+    _event(conn, ingestion_id, "PENDING", airflow_run_id, f"run_id={first.run_id}")
 
 
 def set_state(
@@ -86,14 +84,40 @@ def set_state(
         "error = case when %s = 'FAILED' then %s else null end where ingestion_id = %s",
         (state, state, detail, ingestion_id),
     )
+    _event(conn, ingestion_id, state, airflow_run_id, detail)
+
+
+def record_duplicate(
+    conn: psycopg.Connection[Any],
+    ingestion_id: str,
+    files: Sequence[str],
+    *,
+    run_id: str,
+    airflow_run_id: str | None,
+) -> None:
+    """Log a skipped re-delivery of promoted content; the batch's own state stays SUCCESS."""
+    _event(conn, ingestion_id, "DUPLICATE", airflow_run_id, f"run_id={run_id} skipped", files)
+
+
+def _event(
+    conn: psycopg.Connection[Any],
+    ingestion_id: str,
+    state: str,
+    airflow_run_id: str | None,
+    detail: str | None,
+    files: Sequence[str] | None = None,
+) -> None:
+    """Append one event; by default its files are the batch's current files (pipeline.jobs)."""
     conn.execute(
-        "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail) "
-        "values (%s, %s, %s, %s)",
-        (ingestion_id, state, airflow_run_id, detail),
+        "insert into pipeline.batch_events (ingestion_id, state, airflow_run_id, detail, source_files) "
+        "values (%s, %s, %s, %s, coalesce(%s::text[], array(select source_file from pipeline.jobs "
+        "where ingestion_id = %s order by table_name)))",
+        (ingestion_id, state, airflow_run_id, detail, list(files) if files is not None else None, ingestion_id),
     )
 
 
 def history(conn: psycopg.Connection[Any], ingestion_id: str) -> list[str]:
+    """The batch's states, oldest first."""
     return [
         row[0]
         for row in conn.execute(

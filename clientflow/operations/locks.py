@@ -1,8 +1,11 @@
 """One job per client at a time: a Redis lock with a fencing token, checked by PostgreSQL.
 
-Redis gives a fast, expiring lock. Because a lock can expire while its holder still runs (a
-lost heartbeat, a long GC pause), every write transaction also checks, in PostgreSQL, that the
-holder's token is still the newest one for the client; a stale holder's commit is refused.
+Redis gives a fast, expiring lock (``lock_timeout_seconds``: a crashed run's lock frees itself).
+Because a lock can expire while its holder still runs (a lost heartbeat, a long GC pause), every
+write transaction also checks, in PostgreSQL, that the holder's token is still the newest one for
+the client (``check``, which holds the fence row until commit); a stale holder's commit is refused.
+The lock spans ingest -> transform -> validate -> promote of one batch; it is released by
+``promote``, by a failing ``ingest`` and by the failure callback (``pipeline.mark_failed``).
 """
 
 from __future__ import annotations
@@ -53,15 +56,19 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
             Where(client=client),
             kept="nothing was changed",
         )
-    conn.execute(
-        """
-        insert into pipeline.client_fence (client_name, token, holder) values (%s, %s, %s)
-        on conflict (client_name) do update set token = excluded.token, holder = excluded.holder,
-            acquired_at = now()
-        where pipeline.client_fence.token < excluded.token
-        """,
-        (client, token, holder),
-    )
+    try:
+        conn.execute(
+            """
+            insert into pipeline.client_fence (client_name, token, holder) values (%s, %s, %s)
+            on conflict (client_name) do update set token = excluded.token, holder = excluded.holder,
+                acquired_at = now()
+            where pipeline.client_fence.token < excluded.token
+            """,
+            (client, token, holder),
+        )
+    except BaseException:
+        r.eval(_RELEASE, 1, key, value)  # don't leave the lock to its timeout
+        raise
     return ClientLock(client, token, value)
 
 

@@ -1,10 +1,14 @@
 """Copy a batch's rows from staging's dummy production into production in one transaction.
 
-Conflict resolution: the batch's row replaces production's row with the same primary key
-(client_id + the entity's id) only if a business column differs; identical rows are left alone,
-so replaying a batch changes nothing. Rows absent from the batch are kept (an extract is not a
-delete). Tables go in foreign-key order and the transaction commits once: all of the batch lands,
-or none of it does.
+Conflict resolution, for a row with the same primary key (client_id + the entity's id):
+
+- newer or equal batch date wins: a row written by a newer batch (``source_batch_date``) is never
+  overwritten by an older one, so a late upload of yesterday's files cannot undo today's;
+- among those, the row is rewritten only if a business column differs or its batch date moves
+  forward; replaying a batch rewrites nothing.
+
+Rows absent from the batch are kept (an extract is not a delete). Tables go in foreign-key order
+and the transaction commits once: all of the batch lands, or none of it does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from psycopg import sql
 from clientflow.entities import ENTITY_ORDER, PRIMARY_KEYS, business_columns, production_columns
 
 _SCHEMA = "practice"
+BATCH_DATE = "source_batch_date"
 
 
 @dataclass(frozen=True)
@@ -26,14 +31,19 @@ class PromotedCounts:
     offered: int
     inserted: int
     updated: int
+    kept_newer: int = 0
 
     @property
     def unchanged(self) -> int:
-        return self.offered - self.inserted - self.updated
+        return self.offered - self.inserted - self.updated - self.kept_newer
+
+
+def _columns(entity: str) -> tuple[str, ...]:
+    return production_columns(entity)
 
 
 def _upsert_sql(entity: str, staging_table: str) -> sql.Composed:
-    cols = production_columns(entity)
+    cols = _columns(entity)
     keys = PRIMARY_KEYS[entity]
     business = [c for c in business_columns(entity) if c not in keys]
     target = sql.Identifier(_SCHEMA, entity)
@@ -44,20 +54,35 @@ def _upsert_sql(entity: str, staging_table: str) -> sql.Composed:
         if c not in keys
     )
     changed = sql.SQL("({}) is distinct from ({})").format(
-        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in business),
-        sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in business),
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in (*business, BATCH_DATE)),
+        sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in (*business, BATCH_DATE)),
     )
+    not_older = sql.SQL("(t.{d} is null or t.{d} <= excluded.{d})").format(d=sql.Identifier(BATCH_DATE))
     return sql.SQL(
         "insert into {target} as t ({cols}) select {cols} from {staging} "
-        "on conflict ({keys}) do update set {updates} where {changed} "
+        "on conflict ({keys}) do update set {updates} where {not_older} and {changed} "
         "returning (xmax = 0) as inserted"
     ).format(
+        not_older=not_older,
         target=target,
         cols=col_list,
         staging=sql.Identifier(staging_table),
         keys=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
         updates=updates,
         changed=changed,
+    )
+
+
+def _newer_in_production_sql(entity: str, staging_table: str) -> sql.Composed:
+    """Rows of the batch that production already holds from a newer batch (left as they are)."""
+    keys = PRIMARY_KEYS[entity]
+    return sql.SQL(
+        "select count(*) from {staging} i join {target} t using ({keys}) where t.{d} > i.{d}"
+    ).format(
+        staging=sql.Identifier(staging_table),
+        target=sql.Identifier(_SCHEMA, entity),
+        keys=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+        d=sql.Identifier(BATCH_DATE),
     )
 
 
@@ -70,7 +95,7 @@ def promote(
     """Stream each entity's batch rows into production and upsert them; the caller commits."""
     results = []
     for entity in ENTITY_ORDER:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in production_columns(entity))
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(entity))
         temp = f"incoming_{entity}"
         production.execute(
             sql.SQL("create temp table {} (like {} including defaults) on commit drop").format(
@@ -86,7 +111,8 @@ def promote(
                 for chunk in source:
                     sink.write(chunk)
         offered = production.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(temp))).fetchone()[0]  # type: ignore[index]
+        kept_newer = production.execute(_newer_in_production_sql(entity, temp)).fetchone()[0]  # type: ignore[index]
         flags = [row[0] for row in production.execute(_upsert_sql(entity, temp))]
         inserted = sum(1 for f in flags if f)
-        results.append(PromotedCounts(entity, offered, inserted, len(flags) - inserted))
+        results.append(PromotedCounts(entity, offered, inserted, len(flags) - inserted, kept_newer))
     return results

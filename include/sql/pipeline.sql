@@ -42,6 +42,8 @@ create table if not exists pipeline.batch_events (
     detail          text,
     at              timestamptz not null default now()
 );
+-- The S3 data files the event concerned (for DUPLICATE: the re-delivered run's files).
+alter table pipeline.batch_events add column if not exists source_files text[];
 create index if not exists batch_events_ingestion_idx on pipeline.batch_events (ingestion_id, event_id);
 
 -- Versioned column schemas of each client table, as the manifests declared them.

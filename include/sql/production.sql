@@ -3,6 +3,8 @@
 -- Applied verbatim to the production database and, as the "dummy production" replica, to the
 -- staging database, so constraints are exercised in staging before anything reaches production.
 -- Every table carries the tenant key (client_id) as the first column of its primary key.
+-- source_batch_date is the date of the batch that last wrote the row: promotion never lets an
+-- older batch overwrite a row written by a newer one (a late upload of yesterday's files).
 -- The caller sets search_path to the target schema (practice) before running this file.
 
 create table if not exists providers (
@@ -17,6 +19,7 @@ create table if not exists providers (
     email          text        check (email = lower(email) and email like '%_@_%'),
     active         boolean     not null,
     ingestion_id   text        not null,
+    source_batch_date date,
     synced_at      timestamptz not null default now(),
     primary key (client_id, provider_id)
 );
@@ -33,6 +36,7 @@ create table if not exists patients (
     postal_code    text,
     created_at     timestamptz,
     ingestion_id   text        not null,
+    source_batch_date date,
     synced_at      timestamptz not null default now(),
     primary key (client_id, patient_id)
 );
@@ -48,6 +52,7 @@ create table if not exists appointments (
     reason            text,
     fee               numeric(10, 2) check (fee >= 0),
     ingestion_id      text        not null,
+    source_batch_date date,
     synced_at         timestamptz not null default now(),
     primary key (client_id, appointment_id),
     foreign key (client_id, patient_id) references patients (client_id, patient_id),
@@ -56,3 +61,8 @@ create table if not exists appointments (
 
 create index if not exists appointments_patient_idx on appointments (client_id, patient_id);
 create index if not exists appointments_provider_idx on appointments (client_id, provider_id);
+
+-- Databases created before source_batch_date existed (NULL: any batch may overwrite such a row).
+alter table providers add column if not exists source_batch_date date;
+alter table patients add column if not exists source_batch_date date;
+alter table appointments add column if not exists source_batch_date date;

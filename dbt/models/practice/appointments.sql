@@ -11,6 +11,7 @@ final as (
     select
         client_id, appointment_id, patient_id, provider_id, starts_at, duration_minutes, status, reason, fee,
         ingestion_id,
+        {{ batch_date() }} as source_batch_date,
         now() as synced_at
     from staged
 )

@@ -8,6 +8,7 @@ final as (
     select
         client_id, provider_id, first_name, last_name, specialty, npi, email, active,
         ingestion_id,
+        {{ batch_date() }} as source_batch_date,
         now() as synced_at
     from staged
 )

@@ -1,0 +1,50 @@
+"""Run the dbt transform of one batch the way the DAG's Cosmos task group does, without Airflow.
+
+For tests that call the pipeline stages directly (clientflow.pipeline.*): the same dbt project,
+the same vars (the mapping's plus the batch's ingestion_id and date), the same staging database.
+Each call uses its own target and log directories, so calls never touch dbt/target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DBT_DIR = ROOT / "dbt"
+DBT = Path(os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", ROOT / ".venv-dbt" / "bin" / "dbt"))
+
+
+class TransformFailed(Exception):
+    """dbt returned non-zero; ``output`` holds its log (test data only)."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__("dbt build failed")
+        self.output = output
+
+
+def transform(settings: Any, mapping: Any, batch: dict[str, Any]) -> None:
+    staging = settings.staging
+    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch["ingestion_id"], "batch_date": batch["date"]}
+    env = {
+        **os.environ,
+        "CLIENTFLOW_STAGING_HOST": staging.host,
+        "CLIENTFLOW_STAGING_PORT": str(staging.port),
+        "CLIENTFLOW_STAGING_USER": staging.user,
+        "CLIENTFLOW_STAGING_PASSWORD": staging.password.get_secret_value() if staging.password else "",
+        "CLIENTFLOW_STAGING_DB": staging.dbname,
+        "DO_NOT_TRACK": "1",
+    }
+    with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
+        done = subprocess.run(
+            [str(DBT), "build", "--select", "path:models/practice", "--vars", json.dumps(dbt_vars),
+             "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
+             "--target-path", f"{tmp}/target", "--log-path", f"{tmp}/logs", "--no-partial-parse"],
+            cwd=DBT_DIR, env=env, capture_output=True, text=True, timeout=300,
+        )
+    if done.returncode != 0:
+        raise TransformFailed(done.stdout[-4000:] + done.stderr[-2000:])

@@ -1,0 +1,153 @@
+"""One job per client at a time: a Redis lock with a fencing token checked by PostgreSQL.
+
+Real Redis and PostgreSQL; the stages are called from threads and a separate process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from clientflow import pipeline
+from clientflow.operations import locks
+from clientflow.operations.locks import LockLost
+from tests.support.practice import Practice, mapping_for, production_rows, raw_counts, run_batch, tables
+from tests.support.transform import transform
+
+
+def _redis(settings: Any) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis.url.get_secret_value())
+
+
+def _lock_key(settings: Any, client: str) -> str:
+    return f"{settings.redis.key_prefix}:lock:{client}"
+
+
+def _short_lock(settings: Any, seconds: int) -> Any:
+    # model_copy skips validation, which keeps lock timeouts of at least 10 s in real settings.
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"lock_timeout_seconds": seconds})})
+
+
+def test_second_run_waits_and_retries_after_the_first(settings: Any) -> None:
+    mapping = mapping_for("lock_wait")
+    practice = Practice(settings, mapping.client)
+    first = pipeline.ingest(settings, mapping, practice.write(date(2026, 5, 1), "r1", tables(3, "one")),
+                            airflow_run_id="run_one")
+    second = practice.write(date(2026, 5, 2), "r2", tables(3, "two"))
+
+    with pytest.raises(LockLost, match="another run holds this client's lock"):
+        pipeline.ingest(settings, mapping, second, airflow_run_id="run_two")
+    assert set(raw_counts(settings, mapping.client, "person")) == {first["ingestion_id"]}
+
+    transform(settings, mapping, first)
+    pipeline.validate(settings, mapping, first)
+    pipeline.promote(settings, mapping, first, airflow_run_id="run_one")
+    assert not _redis(settings).exists(_lock_key(settings, mapping.client))  # released on success
+
+    run_batch(settings, mapping, second, holder="run_two")  # the retry
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P0"] == ("Name0-two",)
+
+
+def test_concurrent_runs_never_interleave_writes(settings: Any) -> None:
+    mapping = mapping_for("lock_race")
+    practice = Practice(settings, mapping.client)
+    days = [date(2026, 5, 10) + timedelta(days=i) for i in range(2)]
+    found = [practice.write(d, f"r{d:%d}", tables(20, f"v{d:%d}")) for d in days]
+    lost: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(found))
+
+    def worker(batch: dict[str, Any]) -> None:
+        start.wait()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                run_batch(settings, mapping, batch, holder=f"run_{batch['date']}")
+                return
+            except LockLost:
+                lost.append(batch["date"])
+                time.sleep(0.2)  # Airflow retries with backoff; the test, a little faster
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, args=(b,)) for b in found]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert not errors
+    assert lost, "the two runs never competed for the lock"
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        spans = conn.execute(
+            "select b.ingestion_id, min(e.at) filter (where e.state = 'PENDING'), "
+            "max(e.at) filter (where e.state = 'SUCCESS') from pipeline.batches b "
+            "join pipeline.batch_events e using (ingestion_id) where b.client_name = %s group by 1 order by 2",
+            (mapping.client,)).fetchall()
+    assert len(spans) == 2 and all(s[2] is not None for s in spans)
+    assert spans[0][2] <= spans[1][1], "the second run wrote before the first had promoted"
+    assert len(production_rows(settings, mapping.client, "patients")) == 20
+
+
+def test_stale_holder_cannot_commit_its_promotion(settings: Any) -> None:
+    mapping = mapping_for("lock_stale")
+    practice = Practice(settings, mapping.client)
+    stale = pipeline.ingest(_short_lock(settings, 1), mapping,
+                            practice.write(date(2026, 5, 20), "r1", tables(3, "stale")), airflow_run_id="stuck")
+    transform(settings, mapping, stale)
+    time.sleep(1.2)  # the stuck run's lock expires (a lost heartbeat, a long pause)
+    newer = pipeline.ingest(settings, mapping, practice.write(date(2026, 5, 21), "r2", tables(3, "newer")),
+                            airflow_run_id="takeover")
+
+    with pytest.raises(LockLost, match="stale"):
+        pipeline.promote(settings, mapping, stale, airflow_run_id="stuck")
+    pipeline.mark_failed(settings, stale, "lock lost", airflow_run_id="stuck")
+
+    assert production_rows(settings, mapping.client, "patients") == {}
+    held = _redis(settings).get(_lock_key(settings, mapping.client))
+    assert held is not None and held.decode() == newer["lock"]["holder"]  # the stale run freed only its own
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert conn.execute("select state from pipeline.batches where ingestion_id = %s",
+                            (stale["ingestion_id"],)).fetchone() == ("FAILED",)
+    pipeline.mark_failed(settings, newer, "test cleanup", airflow_run_id="takeover")
+
+
+_CRASH = """
+import os, psycopg
+from pydantic import SecretStr
+from clientflow.config import RedisSettings
+from clientflow.operations import locks
+# model_construct: a 3 s timeout (real settings require at least 10 s) keeps the test short.
+short = RedisSettings.model_construct(url=SecretStr(os.environ["REDIS"]), key_prefix="clientflow",
+                                      lock_timeout_seconds=3)
+with psycopg.connect(os.environ["STAGING"]) as conn:
+    locks.acquire(short, conn, "lock_crash", "crasher")
+os._exit(9)  # killed without releasing anything
+"""
+
+
+def test_lock_of_a_crashed_run_expires(settings: Any) -> None:
+    env = {**os.environ, "STAGING": settings.staging.conninfo(), "REDIS": settings.redis.url.get_secret_value()}
+    done = subprocess.run([sys.executable, "-c", _CRASH], env=env, cwd=os.getcwd(), timeout=60)
+    assert done.returncode == 9
+    ttl = _redis(settings).ttl(_lock_key(settings, "lock_crash"))
+    assert 0 < ttl <= 3
+
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        with pytest.raises(LockLost):
+            locks.acquire(settings.redis, conn, "lock_crash", "next")
+    time.sleep(ttl + 0.5)
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        lock = locks.acquire(settings.redis, conn, "lock_crash", "next")
+    locks.release(settings.redis, lock)
+    assert not _redis(settings).exists(_lock_key(settings, "lock_crash"))

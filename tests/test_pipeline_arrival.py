@@ -1,0 +1,144 @@
+"""Arrival: a batch is processed only when one run holds every table; batches land in date order.
+
+Real moto S3, PostgreSQL and Redis. The pipeline stages are called directly, except for the
+backfill test, which runs the client DAG with a logical date and no params.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from clientflow import pipeline
+from clientflow.arrival.batches import complete_runs, sensor_check
+from clientflow.errors import BadInputError, TransientError
+from tests.support.dags import test_client_dag
+from tests.support.practice import Practice, mapping_for, production_rows, run_batch, tables
+
+DAY = date(2026, 3, 10)
+
+
+def _sensor_for(mapping: Any, settings: Any, day: date, run_id: str = "") -> Any:
+    """The DAG's own wait_for_batch sensor, with its templates filled in as Airflow would."""
+    from clientflow.dag_factory import build_client_dag
+
+    sensor = build_client_dag(mapping).get_task("wait_for_batch")
+    planned = pipeline.plan(mapping.client, day.isoformat(), run_id or None, None)
+    sensor.bucket_name = settings.s3.bucket
+    sensor.bucket_key = (sensor.bucket_key
+                         .replace("{{ ti.xcom_pull(task_ids='plan')['date_nodash'] }}", planned["date_nodash"])
+                         .replace("{{ ti.xcom_pull(task_ids='plan')['run_id'] or '*' }}", planned["run_id"] or "*"))
+    assert "{{" not in sensor.bucket_key
+    return sensor
+
+
+def _ledger_rows(settings: Any, client: str) -> int:
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        return conn.execute("select count(*) from pipeline.batches where client_name = %s", (client,)).fetchone()[0]
+
+
+def test_partial_upload_triggers_nothing(settings: Any) -> None:
+    mapping = mapping_for("arr_partial")
+    practice = Practice(settings, mapping.client)
+    data = tables(5)
+    person = "person"
+    # An upload that stopped before the manifest, one that lacks a table, and two runs that each
+    # hold part of the tables: together every file exists, but no single run is complete.
+    practice.write(DAY, "20260310T010000Z-a", data, skip_manifest=(person,))
+    practice.write(DAY, "20260310T020000Z-b", data, skip_table=("visit",))
+    practice.write(DAY, "20260310T030000Z-c", data, skip_table=("visit",))
+    practice.write(DAY, "20260310T040000Z-d", {"visit": data["visit"]})
+    sensor = _sensor_for(mapping, settings, DAY)
+
+    assert sensor.poke({}) is False
+    assert complete_runs(settings.s3.client(), settings.s3.bucket, mapping, DAY) == []
+    with pytest.raises(TransientError, match="no complete batch"):
+        pipeline.find_batch(settings, mapping, DAY, None)
+    assert _ledger_rows(settings, mapping.client) == 0
+
+    # The first upload finishes: now, and only now, the batch is there, and it is that run.
+    practice.write(DAY, "20260310T010000Z-a", data)
+    assert sensor.poke({}) is True
+    assert pipeline.find_batch(settings, mapping, DAY, None)["run_id"] == "20260310T010000Z-a"
+
+
+def test_sensor_pinned_to_a_run_waits_for_that_run(settings: Any) -> None:
+    mapping = mapping_for("arr_pinned")
+    practice = Practice(settings, mapping.client)
+    practice.write(DAY, "20260310T010000Z-done", tables(3))
+    practice.write(DAY, "20260310T020000Z-half", tables(3), skip_manifest=("clinician",))
+
+    assert _sensor_for(mapping, settings, DAY).poke({}) is True
+    assert _sensor_for(mapping, settings, DAY, "20260310T020000Z-half").poke({}) is False
+    with pytest.raises(TransientError, match="not complete"):
+        pipeline.find_batch(settings, mapping, DAY, "20260310T020000Z-half")
+    check = sensor_check(mapping)
+    assert check([{"Key": f"client=arr_pinned/table=person/date=20260310/run_id=x/{f}"}
+                  for f in ("data.json", "manifest.json")]) is False
+
+
+@pytest.mark.parametrize(("batch_date", "run_id", "message"), [
+    ("2026-13-01", None, "calendar date"),
+    ("10/03/2026", None, "YYYY-MM-DD"),
+    ("2026-03-10", "../../etc", "run_id must match"),
+    ("2026-03-10", "x" * 81, "run_id must match"),
+])
+def test_dag_params_are_validated(batch_date: str, run_id: str | None, message: str) -> None:
+    with pytest.raises(BadInputError, match=message):
+        pipeline.plan("arr_params", batch_date, run_id, None)
+
+
+def test_plan_defaults_to_the_logical_date() -> None:
+    planned = pipeline.plan("arr_params", None, None, datetime(2026, 3, 9, tzinfo=UTC))
+    assert planned == {"client": "arr_params", "date": "2026-03-09", "date_nodash": "20260309", "run_id": ""}
+
+
+def test_late_older_batch_never_overwrites_newer_rows(settings: Any) -> None:
+    mapping = mapping_for("arr_late")
+    practice = Practice(settings, mapping.client)
+    today, yesterday = date(2026, 3, 11), date(2026, 3, 10)
+    run_batch(settings, mapping, practice.write(today, "20260311T010000Z", tables(4, "today")))
+
+    # Yesterday's files arrive after today's batch was promoted; they also hold one patient
+    # today's extract no longer has (extracts never delete, so that row is still welcome).
+    late = tables(5, "yesterday")
+    late_batch = run_batch(settings, mapping, practice.write(yesterday, "20260310T230000Z", late))
+
+    rows = production_rows(settings, mapping.client, "patients", "last_name", "source_batch_date")
+    assert {k: v[0] for k, v in rows.items()} == {
+        "P0": "Name0-today", "P1": "Name1-today", "P2": "Name2-today", "P3": "Name3-today",
+        "P4": "Name4-yesterday",
+    }
+    assert rows["P0"][1] == today and rows["P4"][1] == yesterday
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        detail = conn.execute("select detail from pipeline.batch_events where ingestion_id = %s "
+                              "and state = 'SUCCESS'", (late_batch["ingestion_id"],)).fetchone()[0]
+    assert "'kept_newer': 4" in detail
+
+    # The next day's batch, with changed values, wins again.
+    run_batch(settings, mapping, practice.write(date(2026, 3, 12), "20260312T010000Z", tables(4, "next")))
+    rows = production_rows(settings, mapping.client, "patients", "last_name")
+    assert rows["P0"] == ("Name0-next",) and rows["P4"] == ("Name4-yesterday",)
+
+
+def test_backfill_run_reprocesses_its_logical_date(settings: Any, airflow_db: Path) -> None:
+    mapping = mapping_for("arr_backfill")
+    practice = Practice(settings, mapping.client)
+    practice.write(date(2026, 3, 8), "20260308T010000Z", tables(3, "eighth"))
+    practice.write(date(2026, 3, 9), "20260309T010000Z", tables(3, "ninth"))
+
+    # What `airflow backfill create --from-date 2026-03-08 --to-date 2026-03-08` schedules: a run
+    # whose logical date is the day, with no params.
+    dag_run = test_client_dag(mapping, logical_date=datetime(2026, 3, 8, tzinfo=UTC))
+
+    assert dag_run.state == "success"
+    rows = production_rows(settings, mapping.client, "patients", "last_name", "source_batch_date")
+    assert rows == {f"P{i}": (f"Name{i}-eighth", date(2026, 3, 8)) for i in range(3)}
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        done = conn.execute("select batch_date, run_id, state from pipeline.batches where client_name = %s",
+                            (mapping.client,)).fetchall()
+    assert done == [(date(2026, 3, 8), "20260308T010000Z", "SUCCESS")]
