@@ -93,7 +93,7 @@ def ensure_database(host: str, port: int, user: str, dbname: str, rows: int) -> 
 
 
 def ensure_binary() -> None:
-    sources = [ROOT / "client_extractor" / n for n in ("extractor.py", "__main__.py", "client-extractor.spec")]
+    sources = [ROOT / "client_extractor" / n for n in ("extractor.py", "__main__.py", "__init__.py", "client-extractor.spec")]
     if BINARY.exists() and BINARY.stat().st_mtime > max(p.stat().st_mtime for p in sources):
         return
     print("building dist/client-extractor ...")

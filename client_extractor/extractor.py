@@ -93,9 +93,28 @@ class OutputError(ExtractorError):
     exit_code = EXIT_OUTPUT
 
 
+_OPTION_NAME_RE = re.compile(r"--[a-z][a-z0-9-]*")
+
+
 class _ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse prints and exits by itself; keep our format
-        raise UsageError(f"{message} (see --help)")
+        raise UsageError(f"{_without_values(message)} (see --help)")
+
+
+def _without_values(message: str) -> str:
+    """argparse quotes what it could not parse: a --source URL holding a password, a mistyped
+    `--password secret`. Keep the option names only, never a value."""
+    if message.startswith("unrecognized arguments: "):
+        tokens = message.removeprefix("unrecognized arguments: ").split()
+        names = [m.group(0) for t in tokens if (m := _OPTION_NAME_RE.match(t))]
+        message = "unrecognized arguments: " + (" ".join(names) if names else "(values without an option name)")
+        if "--password" in names:
+            message += f"; the password comes from {PASSWORD_ENV}, 'password' in the config file, or the prompt"
+        return message
+    ambiguous = re.match(r"ambiguous option: (\S*?)(=.*)? could match (.*)$", message, re.DOTALL)
+    if ambiguous:
+        return f"ambiguous option: {ambiguous.group(1)} could match {ambiguous.group(3)}"
+    return re.sub(r"ignored explicit argument .*", "takes no value", message, flags=re.DOTALL)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,11 +179,15 @@ def parse_source_url(url: str) -> SourceUrl:
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not database:
         raise UsageError("--source has no database name: add it after the port, e.g. .../dbname")
-    params = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    # libpq also takes ?password=: treat it as the URL's password (used once, and scrubbed from messages)
+    query_passwords = [v for k, v in query if k == "password"]
+    params = tuple((k, v) for k, v in query if k != "password")
+    url_password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     return SourceUrl(
         dialect=dialect,
         user=urllib.parse.unquote(parts.username) if parts.username else None,
-        url_password=urllib.parse.unquote(parts.password) if parts.password is not None else None,
+        url_password=url_password if url_password is not None else (query_passwords[-1] if query_passwords else None),
         host=parts.hostname,
         port=port or (5432 if dialect == "postgresql" else 3306),
         database=database,
@@ -797,6 +820,11 @@ def _mysql_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def _enc_mysql_padded_int(v: str | bytes) -> str:
+    """ZEROFILL columns and YEAR print leading zeros ('00042', '0000'), which a JSON number may not have."""
+    return str(int(enc_raw(v)))
+
+
 def _enc_mysql_timestamp(v: str | bytes) -> str:
     return '"' + enc_raw(v).replace(" ", "T") + '+00:00"'
 
@@ -902,7 +930,8 @@ class MysqlReader(Reader):
             ident = _mysql_ident(name)
             select, encoding, encoder = ident, "string", enc_string
             if data_type in MYSQL_INTEGER:
-                encoding, encoder = "integer", enc_raw
+                padded = data_type == "year" or "zerofill" in column_type.lower()
+                encoding, encoder = "integer", _enc_mysql_padded_int if padded else enc_raw
             elif data_type == "bit":
                 encoding, encoder, select = "integer", enc_raw, f"({ident} + 0)"
             elif data_type in ("decimal", "numeric"):
@@ -1238,7 +1267,9 @@ class S3Target(Target):
 
         attempts = int(os.environ.get(MAX_ATTEMPTS_ENV, "5"))
         config = Config(
-            retries={"max_attempts": max(1, attempts), "mode": "standard"},  # exponential backoff, 5xx + network
+            # total_max_attempts counts the first try (max_attempts would count retries only: one more);
+            # standard mode: exponential backoff with jitter on network errors, throttling and 5xx
+            retries={"total_max_attempts": max(1, attempts), "mode": "standard"},
             connect_timeout=10,
             read_timeout=120,
             user_agent_extra=f"{PROG}/{VERSION}",

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -266,3 +267,97 @@ class FaultProxy:
         with self.lock:
             for sock in self.conns:
                 self._kill(sock)
+
+
+# ---- an HTTP proxy that answers with server errors ------------------------------------------------
+
+
+class ServerErrorProxy:
+    """An HTTP proxy in front of the S3 server that injects 5xx answers, counting every request.
+
+    - the first attempt of every PUT and POST (except a manifest.json) gets 503 SlowDown without
+      reaching S3: retries must repeat it;
+    - the first PUT of each manifest.json reaches S3, but its answer is replaced by 500 InternalError
+      (the write landed, the response was lost): the retry meets If-None-Match and must recognise it;
+    - with `always` set, every PUT and POST whose path contains it gets 503 SlowDown, forever.
+    """
+
+    def __init__(self, upstream_port: int, always: str | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.upstream_port = upstream_port
+        self.always = always
+        self.attempts: dict[str, int] = {}
+        self.refused: list[str] = []
+        self.lost: list[str] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def handle_one(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _handle(self, req: Any) -> None:
+        import http.client
+
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        path = urllib.parse.unquote(req.path)  # botocore sends client%3Dx/table%3Dy/...
+        key = f"{req.command} {path}"
+        writes = req.command in ("PUT", "POST")
+        manifest = path.split("?", 1)[0].endswith("/manifest.json")
+        with self.lock:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            first = self.attempts[key] == 1
+        if writes and ((self.always and self.always in path) or (first and not manifest)):
+            self.refused.append(key)
+            self._answer(req, 503, "SlowDown")
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in ("expect", "connection", "transfer-encoding")}
+        upstream.request(req.command, req.path, body=body, headers=headers)
+        resp = upstream.getresponse()
+        data = resp.read()
+        upstream.close()
+        if writes and manifest and first:
+            self.lost.append(key)
+            self._answer(req, 500, "InternalError")
+            return
+        req.send_response(resp.status)
+        for name, value in resp.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                req.send_header(name, value)
+        head_length = resp.getheader("Content-Length") or "0"
+        req.send_header("Content-Length", head_length if req.command == "HEAD" else str(len(data)))
+        req.end_headers()
+        if req.command != "HEAD":
+            req.wfile.write(data)
+
+    @staticmethod
+    def _answer(req: Any, status: int, code: str) -> None:
+        body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected</Message></Error>'.encode()
+        req.send_response(status)
+        req.send_header("Content-Type", "application/xml")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

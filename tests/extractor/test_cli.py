@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, local_batch, pg_connect
+from .conftest import free_port, local_batch, maria_connect, pg_connect
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,20 @@ def test_memory_is_flat_in_the_number_of_rows(pg_db: str, extractor_bin: Path, t
     large = _peak_rss_mb([*base, "--tables", "large"])
     assert large < 150
     assert large - small < 10, (small, large)  # 40x the rows, same memory
+
+
+def test_memory_is_flat_in_the_number_of_rows_mariadb(maria_db: str, extractor_bin: Path, tmp_path: Path) -> None:
+    """The MySQL/MariaDB path reads through an unbuffered server-side cursor: same peak for 40x the rows."""
+    conn = maria_connect(maria_db)
+    with conn.cursor() as cur:
+        for name, rows in (("small", 10_000), ("large", 400_000)):
+            cur.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, name TEXT, dob DATE, note TEXT, amount DECIMAL(12,2))")
+            cur.execute(f"INSERT INTO {name} SELECT seq, CONCAT('name ', seq), '1950-01-01' + INTERVAL (seq % 20000) DAY, "
+                        f"REPEAT('x', 80), seq / 100 FROM seq_1_to_{rows}")  # MariaDB's Sequence engine
+    conn.close()
+    base = [str(extractor_bin), "--source", f"mysql://root@127.0.0.1:3306/{maria_db}", "--client", "m", "--output", str(tmp_path)]
+    small = _peak_rss_mb([*base, "--tables", "small"])
+    large = _peak_rss_mb([*base, "--tables", "large"])
+    assert local_batch(tmp_path, "m")["large"]["manifest"]["row_count"] == 400_000
+    assert large < 150
+    assert large - small < 10, (small, large)

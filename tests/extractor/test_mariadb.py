@@ -210,3 +210,43 @@ def test_default_schema_is_the_url_database_and_tables_sorted(maria_db: str, run
     assert sorted(batch) == ["Aa", "zz"]
     assert json.loads(batch["zz"]["data"]) == [{"id": 1}, {"id": 2}, {"id": 3}]
     assert batch["Aa"]["data"] == b"[]\n"
+
+
+def test_zero_padded_integers_and_zero_dates(maria_db: str, run_extractor: Any, tmp_path: Path) -> None:
+    """ZEROFILL and YEAR print leading zeros ('00042', '0000') in MariaDB's text protocol: the file must
+    still be valid JSON, with the integer values; zero DATETIME/TIMESTAMP keep their documented form."""
+    conn = maria_connect(maria_db)
+    with conn.cursor() as cur:
+        cur.execute("SET time_zone = '+00:00', sql_mode = ''")  # '' allows zero dates
+        cur.execute("CREATE TABLE padded (id INT PRIMARY KEY, z INT(5) UNSIGNED ZEROFILL, zb BIGINT(25) UNSIGNED ZEROFILL, "
+                    "y YEAR, dt DATETIME, ts TIMESTAMP NULL)")
+        cur.executemany("INSERT INTO padded VALUES (%s, %s, %s, %s, %s, %s)", [
+            (1, 42, 18446744073709551615, 0, "0000-00-00 00:00:00", "0000-00-00 00:00:00"),
+            (2, 0, 7, 1901, "2026-11-22 03:49:00", "2026-11-22 03:49:00"),
+            (3, None, None, None, None, None),
+        ])
+    conn.close()
+    out = tmp_path / "o"
+    res = run_extractor("--source", f"mysql://root@127.0.0.1:3306/{maria_db}", "--client", "c", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    entry = local_batch(out, "c")["padded"]
+    rows = json.loads(entry["data"])  # raises if a cell is not valid JSON
+    assert entry["manifest"]["row_count"] == 3
+    assert {c["name"]: c["encoding"] for c in entry["manifest"]["columns"]} == {
+        "id": "integer", "z": "integer", "zb": "integer", "y": "integer", "dt": "timestamp", "ts": "timestamptz"}
+    expected = _padded_expected(maria_db)
+    for row in rows:
+        src = expected[row["id"]]
+        assert [row["z"], row["zb"], row["y"]] == [src[1], src[2], src[3]]
+    assert rows[0] == {"id": 1, "z": 42, "zb": 18446744073709551615, "y": 0,
+                       "dt": "0000-00-00T00:00:00", "ts": "0000-00-00T00:00:00+00:00"}
+    assert rows[1]["z"] == 0 and rows[1]["y"] == 1901 and rows[2]["z"] is None
+
+
+def _padded_expected(db: str) -> dict[int, tuple[Any, ...]]:
+    conn = maria_connect(db, conv=dict(pymysql.converters.conversions))
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, z, zb, y FROM padded")
+        out = {r[0]: r for r in cur.fetchall()}
+    conn.close()
+    return out

@@ -388,3 +388,39 @@ def test_tables_option_and_config_file(pg_db: str, run_extractor: Any, tmp_path:
     res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "c", "--tables", "a,nope",
                         "--output", str(out))
     assert res.returncode == 2 and "nope" in res.stderr
+
+
+def test_sql_ascii_database_with_invalid_utf8_is_refused_with_exit_4(run_extractor: Any, tmp_path: Path) -> None:
+    """SQL_ASCII is the one PostgreSQL encoding that stores bytes that are not UTF-8: such a table is
+    refused (exit 4, no manifest, the value never quoted); valid text in the same database extracts."""
+    import uuid
+
+    import psycopg
+
+    from .conftest import PG_ADMIN
+
+    name = f"cfx_ascii_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(**PG_ADMIN, autocommit=True) as admin:  # type: ignore[arg-type]
+        admin.execute(sql.SQL("create database {} encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'")
+                      .format(sql.Identifier(name)))
+    try:
+        with pg_connect(name, autocommit=True) as conn:
+            conn.execute("create table good (id int primary key, t text)")
+            conn.execute(r"insert into good values (1, 'plain'), (2, E'caf\xc3\xa9 \xf0\x9f\x98\x80')")
+            conn.execute("create table bad (id int primary key, t text)")
+            conn.execute(r"insert into bad values (1, 'ok'), (2, E'Secret\xff\x41Value')")
+        out = tmp_path / "o"
+        src = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        res = run_extractor("--source", src, "--client", "c", "--tables", "good", "--output", str(out), "--run-id", "r1")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(local_batch(out, "c")["good"]["data"]) == [{"id": 1, "t": "plain"}, {"id": 2, "t": "café 😀"}]
+
+        res = run_extractor("--source", src, "--client", "c", "--tables", "bad", "--output", str(out), "--run-id", "r1")
+        assert res.returncode == 4, res.stderr
+        assert "bad" in res.stderr and "re-run with --run-id r1" in res.stderr
+        assert "Secret" not in res.stderr and "Value" not in res.stderr  # never the row's content
+        assert not list((out / "client=c").glob("table=bad/**/manifest.json"))
+        assert not list(out.rglob(".*partial"))
+    finally:
+        with psycopg.connect(**PG_ADMIN, autocommit=True) as admin:  # type: ignore[arg-type]
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from .conftest import FaultProxy, pg_connect, s3_client
+from .conftest import FaultProxy, ServerErrorProxy, pg_connect, s3_client
 
 ROWS = 30_000  # about 12 MB of JSON: three 5 MiB parts
 
@@ -100,3 +100,46 @@ def test_missing_bucket_and_credentials_fail_before_reading(pg_db: str, moto_end
                         env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
                              "AWS_CONFIG_FILE": "/nonexistent"})
     assert res.returncode == 5 and "credentials" in res.stderr
+
+
+def test_server_errors_are_retried_and_a_lost_manifest_answer_is_recognised(pg_db: str, bucket: str, moto_endpoint: str,
+                                                                            run_extractor: Any) -> None:
+    """Every write is refused once with 503 and each manifest's answer is lost (500 after it landed):
+    the batch still completes, with every file intact and nothing written twice."""
+    _tables(pg_db)
+    proxy = ServerErrorProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    try:
+        res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "ehrlogic",
+                            "--output", f"s3://{bucket}", "--endpoint-url", proxy.endpoint, "--date", "2026-11-22",
+                            "--run-id", "r1", env={"EXTRACTOR_S3_PART_MB": "5"})
+    finally:
+        proxy.close()
+    assert res.returncode == 0, res.stderr
+    refused = sorted(proxy.refused)
+    assert sum("partNumber=" in k for k in refused) == 3, refused  # each part of the big table, once
+    assert any(k.startswith("POST ") and k.endswith("?uploads") for k in refused), refused  # CreateMultipartUpload
+    assert any(k.startswith("PUT ") and "table=a_small" in k and k.endswith("/data.json") for k in refused), refused
+    assert len(proxy.lost) == 2, proxy.lost  # both manifests landed, their answers were lost
+    assert all(proxy.attempts[k] == 2 for k in proxy.lost)
+    objects = _objects(moto_endpoint, bucket)
+    _check_complete(objects, "client=ehrlogic/", "a_small", 2)
+    _check_complete(objects, "client=ehrlogic/", "big", ROWS)
+
+
+def test_server_errors_that_persist_fail_after_five_attempts_without_a_manifest(pg_db: str, bucket: str, moto_endpoint: str,
+                                                                               run_extractor: Any) -> None:
+    _tables(pg_db)
+    proxy = ServerErrorProxy(int(moto_endpoint.rsplit(":", 1)[1]), always="table=big/")
+    try:
+        res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "ehrlogic",
+                            "--output", f"s3://{bucket}", "--endpoint-url", proxy.endpoint, "--date", "2026-11-22",
+                            "--run-id", "r1", env={"EXTRACTOR_S3_PART_MB": "5"})
+    finally:
+        proxy.close()
+    assert res.returncode == 5, res.stderr
+    assert "failed after retries" in res.stderr and "re-run with --run-id r1 --date 2026-11-22" in res.stderr
+    big = {k: n for k, n in proxy.attempts.items() if "table=big/" in k and k.startswith(("PUT ", "POST "))}
+    assert big and max(big.values()) == 5, big  # the default: five attempts, then give up
+    objects = _objects(moto_endpoint, bucket)
+    assert not any(k.startswith("client=ehrlogic/table=big/") for k in objects), sorted(objects)
+    _check_complete(objects, "client=ehrlogic/", "a_small", 2)

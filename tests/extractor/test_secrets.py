@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import MARIA_ADMIN, local_batch, maria_connect
+from .conftest import MARIA_ADMIN, free_port, local_batch, maria_connect
 
 
 @pytest.fixture
@@ -196,3 +196,36 @@ def test_prompt_on_a_terminal_does_not_echo(maria_user: tuple[str, str, str], ex
     assert password.encode() not in seen  # no echo
     assert b"patients: 2 rows" in seen  # the progress line shows on a terminal
     assert local_batch(out, "tty")["patients"]["manifest"]["row_count"] == 2
+
+
+def test_mistyped_options_never_echo_the_password(run_extractor: Any, tmp_path: Path) -> None:
+    """argparse quotes what it cannot parse; a typo next to a URL with a password must not print it."""
+    secret = f"Typo-{uuid.uuid4().hex}"
+    out = str(tmp_path / "o")
+    cases = [
+        (["--sorce", f"postgresql://u:{secret}@127.0.0.1/db", "--client", "c", "--output", out], "unrecognized arguments: --sorce"),
+        (["--password", secret, "--source", "sqlite:///x.db", "--client", "c", "--output", out], "EXTRACTOR_DB_PASSWORD"),
+        ([f"--password={secret}", "--source", "sqlite:///x.db", "--client", "c", "--output", out], "EXTRACTOR_DB_PASSWORD"),
+        ([f"--s=postgresql://u:{secret}@127.0.0.1/db", "--client", "c", "--output", out], "ambiguous option: --s could match"),
+        (["--source", "sqlite:///x.db", "--client", "c", "--output", out, secret], "unrecognized arguments"),
+    ]
+    for args, needle in cases:
+        res = run_extractor(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert needle in res.stderr, res.stderr
+        _assert_absent(secret, res.stdout, res.stderr)
+
+    # libpq's ?password= form is taken as the URL's password: used, and never printed
+    res = run_extractor("--source", f"postgresql://u@127.0.0.1:{free_port()}/db?password={secret}", "--client", "c", "--output", out)
+    assert res.returncode == 3, res.stderr
+    assert "cannot connect to 127.0.0.1:" in res.stderr
+    _assert_absent(secret, res.stdout, res.stderr)
+    fake = FakePostgres()
+    try:
+        res = run_extractor("--source", f"postgresql://clinic_reader@127.0.0.1:{fake.port}/ehr?sslmode=disable&password={secret}",
+                            "--client", "c", "--output", out)
+    finally:
+        fake.close()
+    assert fake.received == [secret.encode()]
+    assert res.returncode == 3 and "password authentication failed" in res.stderr
+    _assert_absent(secret, res.stdout, res.stderr)
