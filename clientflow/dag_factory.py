@@ -33,23 +33,42 @@ IDS = ConnectionIds()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+LOCK_WAIT = timedelta(seconds=30)
+"""How long a run waits before asking again for a client lock that another run holds."""
+
+
 def stage(func: F) -> F:
-    """Translate our errors into Airflow's: permanent -> fail now, transient -> retry, dup -> skip."""
+    """Translate our errors into Airflow's: permanent -> fail now, transient -> retry, dup -> skip.
+
+    A client lock held by another run (a backfill beside a scheduled run, say) is neither: the
+    task is rescheduled, like a sensor, without spending one of its retries.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import psycopg
         import redis
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from airflow.sdk.exceptions import (
+            AirflowFailException,
+            AirflowRescheduleException,
+            AirflowSkipException,
+        )
         from botocore.exceptions import BotoCoreError, ClientError
 
         from clientflow.db import wrap_db_error
         from clientflow.errors import DuplicateBatch, PermanentError, TransientError, Where
+        from clientflow.operations.locks import LockBusy
 
         try:
             return func(*args, **kwargs)
         except DuplicateBatch as dup:
             raise AirflowSkipException(f"duplicate: {dup}") from None
+        except LockBusy as busy:
+            import logging
+            from datetime import UTC
+
+            logging.getLogger(__name__).info("%s; asking again in %s", busy, LOCK_WAIT)
+            raise AirflowRescheduleException(datetime.now(UTC) + LOCK_WAIT) from None
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
         except TransientError:
@@ -108,6 +127,7 @@ def _dbt_group(mapping: ClientMapping) -> DbtTaskGroup:
         **mapping.dbt_vars(),
         "ingestion_id": "{{ ti.xcom_pull(task_ids='ingest')['ingestion_id'] }}",
         "batch_date": "{{ ti.xcom_pull(task_ids='ingest')['date'] }}",
+        "fence_token": "{{ ti.xcom_pull(task_ids='ingest')['lock']['token'] }}",
     }
     return DbtTaskGroup(
         group_id="transform",
@@ -223,11 +243,12 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
             return pipeline.promote(PipelineSettings.from_airflow(IDS), mapping, batch,
                                     airflow_run_id=context["run_id"])
 
+        # TaskFlow passes XComArgs where the functions take their values: mypy cannot see that.
         planned = plan()
-        found = find_batch(planned)
-        loaded = ingest(found)
+        found = find_batch(planned)  # type: ignore[arg-type]
+        loaded = ingest(found)  # type: ignore[arg-type]
         transform = _dbt_group(mapping)
-        checked = validate(loaded)
+        checked = validate(loaded)  # type: ignore[arg-type]
         planned >> wait >> found
-        loaded >> transform >> checked >> promote(loaded)
+        loaded >> transform >> checked >> promote(loaded)  # type: ignore[arg-type]
     return dag

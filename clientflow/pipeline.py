@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
@@ -121,11 +122,14 @@ def ingest(
     ingestion_id = ledger.ingestion_id_for(mapping.client, batch["date"], [m.job_id for m, _, _ in manifests])
     batch = {**batch, "ingestion_id": ingestion_id}
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        lock = locks.acquire(settings.redis, conn, mapping.client, holder=airflow_run_id or "manual")
+        lock = locks.acquire(settings.redis, conn, mapping.client,
+                             holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")
     try:
-        _skip_if_promoted(settings, batch, manifests, airflow_run_id)
+        _skip_if_promoted(settings, batch, manifests, lock, airflow_run_id)
         with psycopg.connect(settings.staging.conninfo()) as conn:
-            ledger.record_batch(conn, ingestion_id, manifests, dag_id=dag_id, airflow_run_id=airflow_run_id)
+            locks.check(conn, lock)
+            ledger.record_batch(conn, ingestion_id, manifests, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                fence_token=lock.token)
         rows = _load(settings, mapping, batch, manifests, lock, airflow_run_id)
     except BaseException:
         _release_quietly(settings, lock)
@@ -137,6 +141,7 @@ def _skip_if_promoted(
     settings: PipelineSettings,
     batch: dict[str, Any],
     manifests: list[tuple[Manifest, str, str]],
+    lock: locks.ClientLock,
     airflow_run_id: str | None,
 ) -> None:
     """Raise DuplicateBatch if the ledger (the source of truth) has this content as promoted.
@@ -149,6 +154,7 @@ def _skip_if_promoted(
     with psycopg.connect(settings.staging.conninfo()) as conn:
         state = ledger.state_of(conn, ingestion_id)
         if state in ledger.DONE:
+            locks.check(conn, lock)
             ledger.record_duplicate(conn, ingestion_id, [key for _, key, _ in manifests],
                                     run_id=batch["run_id"], airflow_run_id=airflow_run_id)
             conn.commit()  # leaving the block by an exception would roll the event back
@@ -261,19 +267,30 @@ def prune_raw(conn: psycopg.Connection[Any], mapping: ClientMapping) -> None:
 def mark_failed(settings: PipelineSettings, batch: dict[str, Any], error: str, *, airflow_run_id: str | None) -> None:
     """Record FAILED and free the client's lock. Raw batches and production are left as they are.
 
-    A batch that failed before its ingestion id reached Airflow (e.g. in ``ingest``) is found by
-    client, date and run id among the unfinished ones.
+    A run whose lock was taken over leaves the state alone when a newer run has taken the same
+    batch up again (the ledger row then carries the newer run's fencing token).
     """
+    lock = _lock_of(batch) if batch.get("lock") else None
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        ids = [batch["ingestion_id"]] if batch.get("ingestion_id") else [
-            row[0] for row in conn.execute(
-                "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
-                "and run_id = %s and state in ('PENDING', 'PROCESSING')",
-                (batch.get("client"), batch.get("date"), batch.get("run_id")),
-            )
-        ] if batch.get("run_id") else []
-        for ingestion_id in ids:
-            if ledger.state_of(conn, ingestion_id) not in (None, *ledger.DONE):
-                ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id, detail=error)
-    if batch.get("lock"):
-        locks.release(settings.redis, _lock_of(batch))
+        for ingestion_id in _unfinished(conn, batch):
+            ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id, detail=error,
+                             fence_token=lock.token if lock else None)
+    if lock is not None:
+        locks.release(settings.redis, lock)
+
+
+def _unfinished(conn: psycopg.Connection[Any], batch: dict[str, Any]) -> list[str]:
+    """The batch's ingestion id if it is not done; before ``ingest`` returned one, the client's
+    unfinished batches of the same date and extractor run."""
+    if batch.get("ingestion_id"):
+        state = ledger.state_of(conn, batch["ingestion_id"])
+        return [batch["ingestion_id"]] if state not in (None, *ledger.DONE) else []
+    if not batch.get("run_id"):
+        return []
+    return [
+        row[0] for row in conn.execute(
+            "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
+            "and run_id = %s and state in ('PENDING', 'PROCESSING')",
+            (batch.get("client"), batch.get("date"), batch.get("run_id")),
+        )
+    ]

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,9 +20,17 @@ import redis
 
 from clientflow import pipeline
 from clientflow.operations import locks
-from clientflow.operations.locks import LockLost
-from tests.support.practice import Practice, mapping_for, production_rows, raw_counts, run_batch, tables
-from tests.support.transform import transform
+from clientflow.operations.locks import LockBusy, LockLost
+from tests.support.practice import (
+    Practice,
+    history,
+    mapping_for,
+    production_rows,
+    raw_counts,
+    run_batch,
+    tables,
+)
+from tests.support.transform import TransformFailed, transform
 
 
 def _redis(settings: Any) -> redis.Redis:
@@ -44,7 +53,7 @@ def test_second_run_waits_and_retries_after_the_first(settings: Any) -> None:
                             airflow_run_id="run_one")
     second = practice.write(date(2026, 5, 2), "r2", tables(3, "two"))
 
-    with pytest.raises(LockLost, match="another run holds this client's lock"):
+    with pytest.raises(LockBusy, match="another run holds this client's lock"):
         pipeline.ingest(settings, mapping, second, airflow_run_id="run_two")
     assert set(raw_counts(settings, mapping.client, "person")) == {first["ingestion_id"]}
 
@@ -73,7 +82,7 @@ def test_concurrent_runs_never_interleave_writes(settings: Any) -> None:
             try:
                 run_batch(settings, mapping, batch, holder=f"run_{batch['date']}")
                 return
-            except LockLost:
+            except LockBusy:
                 lost.append(batch["date"])
                 time.sleep(0.2)  # Airflow retries with backoff; the test, a little faster
             except BaseException as exc:  # noqa: BLE001 - reported below
@@ -144,10 +153,106 @@ def test_lock_of_a_crashed_run_expires(settings: Any) -> None:
     assert 0 < ttl <= 3
 
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        with pytest.raises(LockLost):
+        with pytest.raises(LockBusy):
             locks.acquire(settings.redis, conn, "lock_crash", "next")
     time.sleep(ttl + 0.5)
     with psycopg.connect(settings.staging.conninfo()) as conn:
         lock = locks.acquire(settings.redis, conn, "lock_crash", "next")
     locks.release(settings.redis, lock)
     assert not _redis(settings).exists(_lock_key(settings, "lock_crash"))
+
+
+def _dummy_production_rows(settings: Any, client: str) -> int:
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        return sum(conn.execute(f"select count(*) from practice.{entity} where client_id = %s",  # noqa: S608
+                                (client,)).fetchone()[0] for entity in ("providers", "patients", "appointments"))
+
+
+def test_same_run_again_takes_the_lock_over_and_fences_out_the_old_try(settings: Any) -> None:
+    """Airflow lost ingest's heartbeat and ran it again: the new try takes over at once; the old
+    try, still running, can no longer write through dbt or promote."""
+    mapping = mapping_for("lock_again")
+    found = Practice(settings, mapping.client).write(date(2026, 5, 25), "r1", tables(3, "again"))
+    old_try = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__2026-05-25T00:00:00+00:00")
+    new_try = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__2026-05-25T00:00:00+00:00")
+    assert new_try["lock"]["token"] > old_try["lock"]["token"]
+
+    with pytest.raises(TransformFailed) as caught:
+        transform(settings, mapping, old_try)
+    assert f"fencing token {old_try['lock']['token']} of client lock_again is stale" in caught.value.output
+    assert _dummy_production_rows(settings, mapping.client) == 0
+    with pytest.raises(LockLost, match="stale"):
+        pipeline.promote(settings, mapping, old_try, airflow_run_id="old")
+    pipeline.mark_failed(settings, old_try, "LockLost", airflow_run_id="old")  # its failure callback
+
+    transform(settings, mapping, new_try)
+    pipeline.validate(settings, mapping, new_try)
+    pipeline.promote(settings, mapping, new_try, airflow_run_id="new")
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Name2-again",)
+    assert raw_counts(settings, mapping.client, "person") == {new_try["ingestion_id"]: 3}
+    # The old try's failure did not overwrite the state of the batch the new try was processing.
+    assert history(settings, new_try["ingestion_id"]) == ["PENDING", "PROCESSING"] * 2 + ["SUCCESS"]
+
+
+def test_lock_held_by_another_run_reschedules_instead_of_failing(settings: Any) -> None:
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from clientflow.dag_factory import LOCK_WAIT, stage
+
+    mapping = mapping_for("lock_resched")
+    found = Practice(settings, mapping.client).write(date(2026, 5, 26), "r1", tables(2))
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        other = locks.acquire(settings.redis, conn, mapping.client, "backfill__2026-05-20")
+    try:
+        before = datetime.now(UTC)
+        with pytest.raises(AirflowRescheduleException) as caught:
+            stage(pipeline.ingest)(settings, mapping, found, airflow_run_id="manual__1")
+        assert caught.value.reschedule_date >= before + LOCK_WAIT
+        assert raw_counts(settings, mapping.client, "person") == {}
+    finally:
+        locks.release(settings.redis, other)
+
+
+def test_dag_run_waits_for_the_lock_without_spending_a_retry(
+    settings: Any, airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started while a backfill of the same client holds the lock waits for it, then succeeds."""
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.utils.session import create_session
+
+    from clientflow import dag_factory
+    from tests.support.dags import test_client_dag
+
+    monkeypatch.setattr(dag_factory, "LOCK_WAIT", timedelta(seconds=1))
+    mapping = mapping_for("lock_dag")
+    Practice(settings, mapping.client).write(date(2026, 5, 27), "r1", tables(3, "dag"))
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        backfill = locks.acquire(settings.redis, conn, mapping.client, "backfill__2026-05-26")
+    busy: list[datetime] = []
+    real_acquire = locks.acquire
+
+    def acquire(*args: Any, **kwargs: Any) -> Any:
+        """The real acquire; once the run has found the lock taken twice, the backfill finishes."""
+        try:
+            return real_acquire(*args, **kwargs)
+        except LockBusy:
+            busy.append(datetime.now(UTC))
+            if len(busy) == 2:
+                locks.release(settings.redis, backfill)
+            raise
+
+    monkeypatch.setattr(locks, "acquire", acquire)
+    dag_run = test_client_dag(mapping, conf={"batch_date": "2026-05-27"})
+
+    assert dag_run.state == "success"
+    ingest = dag_run.get_task_instance("ingest")
+    assert ingest.try_number == 1  # waiting spent no retry
+    assert len(busy) == 2
+    with create_session() as session:
+        assert len(session.scalars(TaskReschedule.stmt_for_task_instance(ingest)).all()) == 2
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        first_write = conn.execute(
+            "select min(at) from pipeline.batch_events e join pipeline.batches b using (ingestion_id) "
+            "where b.client_name = %s", (mapping.client,)).fetchone()[0]
+    assert first_write > busy[-1]  # nothing was written while the other run held the lock
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P0"] == ("Name0-dag",)

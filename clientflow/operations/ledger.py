@@ -40,19 +40,24 @@ def record_batch(
     *,
     dag_id: str | None,
     airflow_run_id: str | None,
+    fence_token: int | None = None,
 ) -> None:
-    """Create (or reuse, for a retried batch) the ledger rows of a batch, in state PENDING."""
+    """Create (or reuse, for a retried batch) the ledger rows of a batch, in state PENDING.
+
+    ``fence_token`` is the client lock's token of the run taking the batch up.
+    """
     first = manifests[0][0]
     conn.execute(
         """
         insert into pipeline.batches
-            (ingestion_id, client_name, batch_date, run_id, state, airflow_dag_id, airflow_run_id)
-        values (%s, %s, %s, %s, 'PENDING', %s, %s)
+            (ingestion_id, client_name, batch_date, run_id, state, airflow_dag_id, airflow_run_id, fence_token)
+        values (%s, %s, %s, %s, 'PENDING', %s, %s, %s)
         on conflict (ingestion_id) do update
             set state = 'PENDING', run_id = excluded.run_id, airflow_dag_id = excluded.airflow_dag_id,
-                airflow_run_id = excluded.airflow_run_id, error = null, updated_at = now()
+                airflow_run_id = excluded.airflow_run_id, fence_token = excluded.fence_token,
+                error = null, updated_at = now()
         """,
-        (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id),
+        (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id, fence_token),
     )
     for manifest, data_key, manifest_key in manifests:
         conn.execute(
@@ -76,15 +81,24 @@ def set_state(
     *,
     airflow_run_id: str | None = None,
     detail: str | None = None,
-) -> None:
+    fence_token: int | None = None,
+) -> bool:
+    """Move the batch to ``state``; with ``fence_token``, only if that run still owns the batch.
+
+    Returns whether the state changed (a run whose batch was taken up again by a newer run of
+    the same content changes nothing).
+    """
     if state not in STATES:
         raise ValueError(state)
-    conn.execute(
+    changed = conn.execute(
         "update pipeline.batches set state = %s, updated_at = now(), "
-        "error = case when %s = 'FAILED' then %s else null end where ingestion_id = %s",
-        (state, state, detail, ingestion_id),
-    )
-    _event(conn, ingestion_id, state, airflow_run_id, detail)
+        "error = case when %s = 'FAILED' then %s else null end "
+        "where ingestion_id = %s and (%s::bigint is null or fence_token is not distinct from %s::bigint)",
+        (state, state, detail, ingestion_id, fence_token, fence_token),
+    ).rowcount
+    if changed:
+        _event(conn, ingestion_id, state, airflow_run_id, detail)
+    return bool(changed)
 
 
 def record_duplicate(

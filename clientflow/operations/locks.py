@@ -3,7 +3,8 @@
 Redis gives a fast, expiring lock (``lock_timeout_seconds``: a crashed run's lock frees itself).
 Because a lock can expire while its holder still runs (a lost heartbeat, a long GC pause), every
 write transaction also checks, in PostgreSQL, that the holder's token is still the newest one for
-the client (``check``, which holds the fence row until commit); a stale holder's commit is refused.
+the client (``check``, which holds the fence row until commit; dbt models do the same in a
+pre-hook, ``dbt/macros/fence_check.sql``); a stale holder's commit is refused.
 The lock spans ingest -> transform -> validate -> promote of one batch; it is released by
 ``promote``, by a failing ``ingest`` and by the failure callback (``pipeline.mark_failed``).
 """
@@ -18,7 +19,7 @@ import psycopg
 import redis
 
 from clientflow.config import RedisSettings
-from clientflow.errors import TransientError, Where
+from clientflow.errors import PermanentError, TransientError, Where
 
 # Release only if we still hold it (compare-and-delete).
 _RELEASE = """
@@ -26,9 +27,23 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
+# Take the lock if it is free, or if the same run (ARGV[3]) holds it: that is the same task run
+# again after Airflow lost its heartbeat, and the new try takes over at once instead of waiting for
+# the timeout; the old try's writes then fail the fence check. Values are "token:uuid:holder".
+_ACQUIRE = """
+local current = redis.call('get', KEYS[1])
+if current and select(3, string.find(current, '^[^:]*:[^:]*:(.*)$')) ~= ARGV[3] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
-class LockLost(TransientError):
-    """Another run for the client holds a newer token."""
+
+class LockBusy(TransientError):
+    """Another run of the client holds the lock: wait and try again (not a failure)."""
+
+
+class LockLost(PermanentError):
+    """A newer run of the client took the lock over; this run must not write anything more."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +60,18 @@ def _client(settings: RedisSettings) -> redis.Redis:
 
 
 def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str, holder: str) -> ClientLock:
-    """Take the client's lock or raise :class:`LockLost` (the task retries with backoff)."""
+    """Take the client's lock and a new fencing token, or raise :class:`LockBusy`.
+
+    ``holder`` names the run (the Airflow run id): a holder that already has the lock takes it
+    over with a newer token. The fence row is committed by the caller's transaction.
+    """
     r = _client(settings)
     key = f"{settings.key_prefix}:lock:{client}"
     token = int(r.incr(f"{settings.key_prefix}:fence:{client}"))
-    value = f"{token}:{holder}:{uuid.uuid4().hex}"
-    if not r.set(key, value, nx=True, ex=settings.lock_timeout_seconds):
-        raise LockLost(
-            "another run holds this client's lock; retrying later",
+    value = f"{token}:{uuid.uuid4().hex}:{holder}"
+    if not r.eval(_ACQUIRE, 1, key, value, settings.lock_timeout_seconds, holder):
+        raise LockBusy(
+            "another run holds this client's lock; waiting for it",
             Where(client=client),
             kept="nothing was changed",
         )
@@ -80,9 +99,10 @@ def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
     ).fetchone()
     if row is None or row[0] != lock.token:
         raise LockLost(
-            f"fencing token {lock.token} is stale (current {row[0] if row else None}); a newer run "
-            "owns this client",
+            f"fencing token {lock.token} is stale (current {row[0] if row else None}): a newer run "
+            "took this client's lock over, so this run stopped before writing",
             Where(client=lock.client),
+            kept="nothing of this run was committed after the takeover; the newer run carries on",
         )
 
 

@@ -18,6 +18,9 @@ create table if not exists pipeline.batches (
     created_at      timestamptz not null default now(),
     updated_at      timestamptz not null default now()
 );
+-- The fencing token of the run that last took the batch up: a run whose lock was taken over may not
+-- record the batch's state any more.
+alter table pipeline.batches add column if not exists fence_token bigint;
 create index if not exists batches_client_state_idx on pipeline.batches (client_name, state, batch_date);
 
 -- One row per file of a batch: the job id of the extractor's manifest, traceable to the S3 object.
@@ -57,6 +60,8 @@ create table if not exists pipeline.schema_registry (
     registered_at   timestamptz not null default now(),
     primary key (client_name, table_name, version)
 );
+-- What changed from the previous version (added, removed, guessed renames, type changes).
+alter table pipeline.schema_registry add column if not exists change text;
 
 -- Fencing tokens of the per-client Redis lock: a write commits only if its token is current.
 create table if not exists pipeline.client_fence (

@@ -1,7 +1,7 @@
 """Run the dbt transform of one batch the way the DAG's Cosmos task group does, without Airflow.
 
 For tests that call the pipeline stages directly (clientflow.pipeline.*): the same dbt project,
-the same vars (the mapping's plus the batch's ingestion_id and date), the same staging database.
+the same vars (the mapping's plus the batch's ingestion_id, date and fencing token), the same staging database.
 Each call uses its own target and log directories, so calls never touch dbt/target.
 """
 
@@ -29,7 +29,8 @@ class TransformFailed(Exception):
 
 def transform(settings: Any, mapping: Any, batch: dict[str, Any]) -> None:
     staging = settings.staging
-    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch["ingestion_id"], "batch_date": batch["date"]}
+    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch["ingestion_id"], "batch_date": batch["date"],
+                "fence_token": batch["lock"]["token"]}
     env = {
         **os.environ,
         "CLIENTFLOW_STAGING_HOST": staging.host,
