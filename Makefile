@@ -12,14 +12,14 @@ install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
 $(VENV)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --quiet --disable-pip-version-check -r requirements.txt
 	echo "$(CURDIR)" > "$(SITE)/clientflow-project.pth"
 	touch $@
 
 # dbt lives in its own virtualenv (it would downgrade Airflow's protobuf); Cosmos calls it by path.
 $(DBT_VENV)/.installed: requirements-dbt.txt
 	$(PY) -m venv $(DBT_VENV)
-	$(DBT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dbt.txt
+	$(DBT_VENV)/bin/pip install --quiet --quiet --disable-pip-version-check -r requirements-dbt.txt
 	touch $@
 
 # Cosmos renders the DAG from this manifest (LoadMode.DBT_MANIFEST): parsing never runs dbt.

@@ -12,7 +12,10 @@
        peak resident memory (VmHWM) is reported;
    (b) ``psql -c "\\copy ... csv"`` of the CSV into an equivalent table: the same text columns, the
        same metadata columns (filled by defaults) and the same index on ``ingestion_id``.
-4. Drops the databases it created and prints one line:
+4. For reference, once each: the naive loader the design started from (ijson ``items`` ->
+   psycopg ``copy.write_row``, same table and transaction, no checks), and ``load_table`` on the
+   first 10,000 rows only, to show that peak memory does not grow with the file.
+5. Drops the databases it created and prints one line:
    ``BENCH name=load rows=N seconds=S baseline_seconds=B ratio=R peak_rss_mb=M``.
 
 The databases are reached through ``CLIENTFLOW_ADMIN_DSN`` (default: postgres on 127.0.0.1:5432).
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ CLIENT = "ehrlogic"
 TABLE = "dim_patient"
 RAW_SCHEMA = f"raw_{CLIENT}"
 INGESTION_ID = "0123456789abcdef0123456789abcdef"
+SMALL_ROWS = 10_000
 SOURCE_FILE = f"s3://landing/client={CLIENT}/table={TABLE}/date=20260101/run_id=20260101T000000Z/data.json"
 # Encodings as the extractor assigns them to dim_patient's source types.
 ENCODINGS = {"integer": "integer", "numeric": "decimal", "timestamp without time zone": "timestamp"}
@@ -132,10 +137,26 @@ def settle(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
-def child_load(dsn: str, data: str, manifest_path: str) -> None:
-    """Run in a child process: one load_table, committed; print seconds and peak RSS as JSON."""
+def write_prefix(data: Path, manifest_path: Path, rows: int) -> tuple[Path, Path]:
+    """The first ``rows`` rows of data.json (one a line) as a file of their own, with its manifest."""
+    small, small_manifest = data.with_name("small.json"), manifest_path.with_name("small-manifest.json")
+    with open(data, "rb") as source:
+        lines = [line.rstrip(b",\n") for line in islice(source, 1, rows + 1)]  # line 0 is "["
+    body = b"[\n" + b",\n".join(lines) + b"\n]\n"
+    small.write_bytes(body)
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(row_count=len(lines), byte_size=len(body), sha256=hashlib.sha256(body).hexdigest())
+    small_manifest.write_text(json.dumps(manifest))
+    return small, small_manifest
+
+
+def child_load(mode: str, dsn: str, data: str, manifest_path: str) -> None:
+    """Run in a child process: one load, committed; print seconds and peak RSS as JSON.
+
+    ``load_table`` is the project's loader; ``ijson`` the naive loop it replaced.
+    """
     from clientflow.arrival.manifest import Manifest
-    from clientflow.load.raw import load_table
+    from clientflow.load.raw import ensure_raw_table, load_table
 
     manifest = Manifest.model_validate_json(Path(manifest_path).read_bytes())
     with psycopg.connect(dsn) as conn:
@@ -144,18 +165,40 @@ def child_load(dsn: str, data: str, manifest_path: str) -> None:
         settle(conn)
         started, cpu = time.perf_counter(), time.process_time()
         with open(data, "rb") as stream:
-            result = load_table(conn, RAW_SCHEMA, manifest, stream, ingestion_id=INGESTION_ID,
-                                source_file=SOURCE_FILE)
+            if mode == "load_table":
+                rows = load_table(conn, RAW_SCHEMA, manifest, stream, ingestion_id=INGESTION_ID,
+                                  source_file=SOURCE_FILE).rows
+            else:
+                rows = naive_ijson_load(conn, manifest, stream, ensure_raw_table)
         conn.commit()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "rows": result.rows, "peak_rss_mb": peak_kb / 1024}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "rows": rows, "peak_rss_mb": peak_kb / 1024}))
 
 
-def time_loader(dsn: str, data: Path, manifest_path: Path) -> dict[str, Any]:
+def naive_ijson_load(conn: psycopg.Connection[Any], manifest: Any, stream: Any, ensure_raw_table: Any) -> int:
+    """ijson (yajl2_c) items -> one ``write_row`` per row, into the same raw table: no checks at all."""
+    import ijson
+
+    ensure_raw_table(conn, RAW_SCHEMA, manifest)
+    names = [c.name for c in manifest.columns]
+    for setting, value in (("clientflow.ingestion_id", INGESTION_ID), ("clientflow.client_name", CLIENT),
+                           ("clientflow.source_file", SOURCE_FILE)):
+        conn.execute("select set_config(%s, %s, true)", (setting, value))
+    copy_sql = sql.SQL("copy {} (source_row, {}) from stdin").format(
+        sql.Identifier(RAW_SCHEMA, TABLE), sql.SQL(", ").join(sql.Identifier(n) for n in names))
+    rows = 0
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for row in ijson.items(stream, "item", buf_size=1 << 20):
+            rows += 1
+            copy.write_row((rows, *(None if v is None else str(v) for v in row.values())))
+    return rows
+
+
+def time_loader(dsn: str, data: Path, manifest_path: Path, mode: str = "load_table") -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child-load", dsn, str(data), str(manifest_path)],
+        [sys.executable, __file__, "--child", mode, dsn, str(data), str(manifest_path)],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -214,6 +257,12 @@ def main() -> None:
         seconds = min(run["seconds"] for run in loads)
         peak = max(run["peak_rss_mb"] for run in loads)
         baseline = min(baselines)
+        naive = time_loader(dsn_for(target_db), data, manifest_path, mode="ijson")
+        print(f"for reference, naive ijson items -> copy.write_row: {naive['seconds']:.2f} s "
+              f"(ratio {naive['seconds'] / baseline:.2f}), peak RSS {naive['peak_rss_mb']:.0f} MB", flush=True)
+        small = time_loader(dsn_for(target_db), *write_prefix(data, manifest_path, SMALL_ROWS))
+        print(f"peak RSS of load_table: {small['peak_rss_mb']:.0f} MB for {small['rows']:,} rows, "
+              f"{peak:.0f} MB for {rows:,} rows", flush=True)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             for database in (source_db, target_db):
@@ -225,7 +274,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--child-load":
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
         child_load(*sys.argv[2:])
     else:
         main()

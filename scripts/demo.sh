@@ -60,9 +60,11 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_production -P footer=
   "select 'providers' as table_name, count(*) as rows from practice.providers where client_id = 'ehrlogic'
    union all select 'patients', count(*) from practice.patients where client_id = 'ehrlogic'
    union all select 'appointments', count(*) from practice.appointments where client_id = 'ehrlogic'"
+say "The job ledger (pipeline.batch_events): a re-run of the same content is a DUPLICATE"
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -P footer=off -c \
-  "select ingestion_id, batch_date, run_id, state, updated_at from pipeline.batches
-   where client_name = 'ehrlogic' order by updated_at desc limit 3"
+  "select e.at::timestamp(0) as at, e.state, b.batch_date, b.ingestion_id, e.airflow_run_id
+   from pipeline.batch_events e join pipeline.batches b using (ingestion_id)
+   where b.client_name = 'ehrlogic' order by e.event_id desc limit 6"
 
 cat <<MSG
 

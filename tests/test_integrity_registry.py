@@ -103,10 +103,14 @@ def test_schema_policy(settings: Any, caplog: pytest.LogCaptureFixture, setting:
                     registry.register(conn, mapping, _manifest(client, CHANGES[setting]), "second", where)
             else:
                 registry.register(conn, mapping, _manifest(client, CHANGES[setting]), "second", where)
-        versions = conn.execute("select version from pipeline.schema_registry where client_name = %s "
+        versions = conn.execute("select version, change from pipeline.schema_registry where client_name = %s "
                                 "order by 1", (client,)).fetchall()
         conn.rollback()
-    assert versions == ([(1,)] if rule == "fail" else [(1,), (2,)])
+    assert [v for v, _ in versions] == ([1] if rule == "fail" else [1, 2])
+    assert versions[0][1] is None  # the first version of a table is not a change
+    if rule != "fail":  # the registry says what changed
+        word = {"new_columns": "added", "removed_columns": "removed", "type_changes": "type changed"}[setting]
+        assert versions[1][1].startswith(word)
     warned = [r.getMessage() for r in caplog.records]
     if rule == "warn":
         assert len(warned) == 1 and "schema change" in warned[0] and "table=person" in warned[0]

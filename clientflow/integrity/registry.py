@@ -123,8 +123,10 @@ def register(
         if names and rule == "warn":
             log.warning("[%s] schema change: %s", where.describe(), drift.describe())
     conn.execute(
-        "insert into pipeline.schema_registry (client_name, table_name, version, fingerprint, columns, ingestion_id) "
-        "values (%s, %s, %s, %s, %s, %s)",
-        (mapping.client, manifest.table, (row[0] + 1) if row else 1, fingerprint, json.dumps(columns), ingestion_id),
+        "insert into pipeline.schema_registry "
+        "(client_name, table_name, version, fingerprint, columns, ingestion_id, change) "
+        "values (%s, %s, %s, %s, %s, %s, %s)",
+        (mapping.client, manifest.table, (row[0] + 1) if row else 1, fingerprint, json.dumps(columns),
+         ingestion_id, drift.describe() if row else None),
     )
     return drift

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(create(args.admin_dsn, args.database, args.patients))
+    create(args.admin_dsn, args.database, args.patients)
 
 
 if __name__ == "__main__":
