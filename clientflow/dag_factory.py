@@ -8,7 +8,6 @@ Variables. Connections are read when tasks run.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,7 +26,9 @@ from clientflow.mapping import ClientMapping
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DBT_DIR = PROJECT_DIR / "dbt"
-DBT_EXECUTABLE = Path(os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", PROJECT_DIR / ".venv-dbt" / "bin" / "dbt"))
+# Cosmos runs dbt through this wrapper, which keeps the values PostgreSQL quotes in its errors out
+# of the task log; it runs the real dbt (CLIENTFLOW_DBT_EXECUTABLE, default .venv-dbt/bin/dbt).
+DBT_EXECUTABLE = PROJECT_DIR / "clientflow" / "transform" / "dbt_scrubbed.py"
 IDS = ConnectionIds()
 
 F = TypeVar("F", bound=Callable[..., Any])

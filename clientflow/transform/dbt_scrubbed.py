@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""dbt, with the row values that PostgreSQL quotes in its errors removed from dbt's output.
+
+Cosmos copies dbt's output into the Airflow task log. PostgreSQL's messages quote the value they
+refused ('invalid input syntax for type timestamp: "<value>"', 'Failing row contains (<row>)',
+'Key (patient_id)=(<value>) already exists'), and for us those values are patient data. Cosmos
+runs this file as its dbt executable; it runs the real dbt (``CLIENTFLOW_DBT_EXECUTABLE``, default
+``.venv-dbt/bin/dbt`` of the project) and passes its output on line by line, each line scrubbed,
+and exits with dbt's exit code. What stays: the kind of error, and the names of the relation,
+constraint, column and type involved.
+
+Standard library only: it runs under whatever ``python3`` is on the worker's PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+WITHHELD = "(value withheld)"
+_PROJECT = Path(__file__).resolve().parent.parent.parent
+# A quoted string is a name, kept, after these words; anywhere else it may be a value.
+_NAMES = (
+    "relation", "constraint", "column", "table", "type", "index", "schema", "function", "encoding",
+    "database", "role", "sequence", "view", "operator", "model", "test", "seed", "snapshot", "source",
+    "macro", "node", "profile", "target", "project", "package", "file",
+)
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+_NAME_BEFORE = re.compile(r"\b(?:" + "|".join(_NAMES) + r")\s*$", re.IGNORECASE)
+_RULES = (
+    # A value at the end of the line goes whole, even if it holds quotes of its own.
+    (re.compile(r'(:\s+)".*"(\s*)$'), rf"\1{WITHHELD}\2"),
+    (re.compile(r"Failing row contains \(.*\)"), f"Failing row contains {WITHHELD}"),
+    (re.compile(r"Key \(([^)]*)\)=\(.*?\)(?=( already exists| is not present| is still referenced| conflicts|\.|$))"),
+     rf"Key (\1)={WITHHELD}"),
+    (re.compile(r"(JSON data, line \d+:).*"), rf"\1 {WITHHELD}"),
+    (re.compile(r"0x[0-9a-fA-F]{2}(?:\s+0x[0-9a-fA-F]{2})*"), WITHHELD),  # bytes of a bad character
+)
+
+
+def scrub(line: str) -> str:
+    """The line without the values PostgreSQL quotes; names of database objects are kept."""
+    for pattern, replacement in _RULES:
+        line = pattern.sub(replacement, line)
+    out, last = [], 0
+    for match in _QUOTED.finditer(line):
+        out.append(line[last:match.start()])
+        out.append(match.group() if _NAME_BEFORE.search(line, 0, match.start()) else WITHHELD)
+        last = match.end()
+    out.append(line[last:])
+    return "".join(out)
+
+
+def main(argv: list[str]) -> int:
+    dbt = os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", str(_PROJECT / ".venv-dbt" / "bin" / "dbt"))
+    proc = subprocess.Popen([dbt, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a killed task stops dbt too
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(scrub(line))
+        sys.stdout.flush()
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
