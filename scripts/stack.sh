@@ -35,7 +35,13 @@ wait_port() {
 apt_install() {
   if [ "$(id -u)" != 0 ]; then log "need root to apt-get install $*"; return 1; fi
   if [ ! -f "$STATE/.apt-updated" ]; then apt-get update -qq && touch "$STATE/.apt-updated"; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # Keep the packages from starting their own servers on our ports: this script starts them.
+  local policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || { [ -z "$policy" ] || rm -f "$policy"; return 1; }
+  [ -z "$policy" ] || rm -f "$policy"
 }
 
 ensure_postgres() {
