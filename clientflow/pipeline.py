@@ -185,15 +185,21 @@ def _load(
         for manifest, data_key, _ in manifests:
             file_where = _where(batch, manifest.table, data_key)
             registry.register(conn, mapping, manifest, ingestion_id, file_where)
-            if conn.execute("select to_regclass(%s)", (sql.Identifier(schema, manifest.table).as_string(conn),)).fetchone()[0]:  # type: ignore[index]
+            if _table_exists(conn, schema, manifest.table):
                 # A retried batch replaces its own earlier attempt, never another batch.
-                conn.execute(sql.SQL("delete from {} where ingestion_id = %s").format(ident(schema, manifest.table)), (ingestion_id,))
+                conn.execute(sql.SQL("delete from {} where ingestion_id = %s").format(ident(schema, manifest.table)),
+                             (ingestion_id,))
             body = s3.get_object(Bucket=settings.s3.bucket, Key=data_key)["Body"]
             result = load_table(conn, schema, manifest, body, ingestion_id=ingestion_id,
                                 source_file=f"s3://{settings.s3.bucket}/{data_key}")
             rows[manifest.table] = result.rows
             log.info("[%s] loaded %d rows (%d bytes, sha256 verified)", file_where.describe(), result.rows, result.byte_size)
     return rows
+
+
+def _table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute("select to_regclass(%s)", (ident(schema, table).as_string(conn),)).fetchone()
+    return row is not None and row[0] is not None
 
 
 def _release_quietly(settings: PipelineSettings, lock: locks.ClientLock) -> None:
@@ -260,7 +266,7 @@ def prune_raw(conn: psycopg.Connection[Any], mapping: ClientMapping) -> None:
         return
     schema = raw_schema(mapping.client)
     for table in mapping.source_tables:
-        if conn.execute("select to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]:  # type: ignore[index]
+        if _table_exists(conn, schema, table):
             conn.execute(sql.SQL("delete from {} where ingestion_id = any(%s)").format(ident(schema, table)), (old,))
 
 
