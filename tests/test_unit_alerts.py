@@ -44,3 +44,12 @@ def test_database_errors_keep_names_drop_values(scratch_db: str) -> None:
     text = describe_db_error(info.value)
     assert "Jane" not in text and "CheckViolation" in text and "t_email_check" in text
     assert "Jane" in str(info.value)  # what PostgreSQL itself would have leaked
+
+
+def test_a_batch_that_never_arrived_is_named_by_its_date() -> None:
+    planned = {"client": "ehrlogic", "date": "2026-11-22", "date_nodash": "20261122", "run_id": ""}
+    failure = alerts.Failure(dag_id="client_ehrlogic", task_id="wait_for_batch", airflow_run_id="scheduled__1",
+                             try_number=1, client="ehrlogic", batch=planned, exception=None)
+    subject, body = alerts.compose(failure)
+    assert subject == "[clientflow] FAILED ehrlogic batch 2026-11-22 run (none complete yet): wait_for_batch"
+    assert "trigger the DAG with\nbatch_date=2026-11-22)." in body

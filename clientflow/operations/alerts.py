@@ -51,18 +51,16 @@ def safe_reason(exc: BaseException | None) -> str:
 
 def compose(failure: Failure) -> tuple[str, str]:
     b = failure.batch
-    subject = (
-        f"[clientflow] FAILED {failure.client} batch {b.get('date', '?')} "
-        f"run {b.get('run_id', '?')}: {failure.task_id}"
-    )
+    day, run = b.get("date") or "?", b.get("run_id") or "(none complete yet)"
+    subject = f"[clientflow] FAILED {failure.client} batch {day} run {run}: {failure.task_id}"
     files = "\n".join(f"  - {key}" for key in b.get("files", [])) or "  (not yet resolved)"
     pipeline_error = ours(failure.exception)
     kept = pipeline_error.kept if pipeline_error is not None else KEPT
     body = f"""A clientflow batch failed and Airflow will not retry it further.
 
 Client:        {failure.client}
-Batch date:    {b.get('date', '?')}
-Extractor run: {b.get('run_id', '?')}
+Batch date:    {day}
+Extractor run: {run}
 Ingestion id:  {b.get('ingestion_id', '(not assigned)')}
 DAG / task:    {failure.dag_id} / {failure.task_id} (try {failure.try_number})
 Airflow run:   {failure.airflow_run_id}
@@ -76,7 +74,7 @@ What was kept:
   {kept}
 
 Next step: fix the cause, then clear the failed task in the Airflow UI (or trigger the DAG with
-batch_date={b.get('date', 'YYYY-MM-DD')} and run_id={b.get('run_id', 'R')}).
+batch_date={b.get('date') or 'YYYY-MM-DD'}{f" and run_id={b['run_id']}" if b.get('run_id') else ''}).
 Log: {failure.log_url or '(see the Airflow UI)'}
 """
     return subject, body
