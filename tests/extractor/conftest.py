@@ -106,6 +106,21 @@ def pg_db() -> Iterator[str]:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def pg_ascii_db() -> Iterator[str]:
+    """A fresh SQL_ASCII PostgreSQL database, the one encoding whose text may be any bytes; dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"cfx_ascii_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(**PG_ADMIN, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(sql.SQL("create database {} encoding 'SQL_ASCII' lc_collate 'C' lc_ctype 'C' template template0")
+                     .format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(**PG_ADMIN, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
 def pg_connect(dbname: str, **kwargs: Any) -> Any:
     import psycopg
 

@@ -237,8 +237,13 @@ def _check_floats_and_arrays(dbname: str, by_id: dict[int, dict[str, Any]]) -> N
                     _same_float(a, abs(b) if b == 0 else b, single=False)  # -0 in arrays parses as integer 0
             if src["c_bytea_arr"] is not None:
                 assert [None if v is None else bytes.fromhex(v[2:]) for v in row["c_bytea_arr"]] == [None if b is None else bytes(b) for b in src["c_bytea_arr"]]
-            if src["c_json_arr"] is not None:
-                assert [json.loads(_dump_exact(v)) for v in row["c_json_arr"]] == src["c_json_arr"]
+            if src["c_json_arr"] is not None:  # psycopg loads JSON null as None: unwrap {"$json": ...} to compare
+                assert [json.loads(_dump_exact(_unwrap_json(v))) for v in row["c_json_arr"]] == src["c_json_arr"]
+
+
+def _unwrap_json(value: Any) -> Any:
+    """What a loader does with a json cell or a json array element: unwrap {"$json": x}."""
+    return value["$json"] if isinstance(value, dict) and list(value) == ["$json"] else value
 
 
 def _same_float(ours: Any, theirs: float | None, single: bool) -> None:
@@ -290,23 +295,26 @@ def _check_special_forms(by_id: dict[int, dict[str, Any]], raw: bytes) -> None:
     assert b'"c_float_arr":["NaN","Infinity","-Infinity",-0,1e-300]' in raw
     assert b'"c_real":-0.0,"c_double":-0.0,' in raw  # negative zero keeps its sign as a float literal
     assert r1["c_tstz_arr"] == ["2026-01-01T00:00:00+00:00", "infinity"]
+    assert r1["c_json_arr"] == [{"x": 1}, {"$json": None}] and r2["c_json_arr"] == []  # JSON null element wrapped
     assert r1['Weird "Name" ☃ ,:{}'] == "weird column value"
     assert r1["c_enum"] == "happy 😀" and r1["c_inet"] == "192.168.0.1/24"
 
 
 def test_json_null_and_sql_null_differ_in_the_file(pg_db: str, run_extractor: Any, tmp_path: Path) -> None:
-    """SQL NULL is null; the JSON value null is {"$json":null}; a lone "$json" key is wrapped too."""
+    """SQL NULL is null; the JSON value null is {"$json":null}; an object whose only key is "$json" (however
+    often, however spelled) is wrapped too."""
     with pg_connect(pg_db, autocommit=True) as conn:
         conn.execute("create table t (id int primary key, j json, b jsonb)")
         conn.execute("""insert into t values (1, 'null', 'null'), (2, null, null), (3, E'{"a":\\n1}', '{"$json": 5}'),
-                        (4, '{"$json": 1, "x": 2}', '{"$json": 1, "x": 2}')""")
+                        (4, '{"$json": 1, "x": 2}', '{"$json": 1, "x": 2}'), (5, '{"$json": 1, "$json": 2}', '{"\\u0024json": 3}')""")
     out = tmp_path / "o"
     res = run_extractor("--source", f"postgresql://postgres@127.0.0.1/{pg_db}", "--client", "c", "--output", str(out))
     assert res.returncode == 0, res.stderr
     data = local_batch(out, "c")["t"]["data"]
     assert data == (b'[\n{"id":1,"j":{"$json":null},"b":{"$json": null}},\n{"id":2,"j":null,"b":null},\n'
                     b'{"id":3,"j":{"a": 1},"b":{"$json": {"$json": 5}}},\n'
-                    b'{"id":4,"j":{"$json": 1, "x": 2},"b":{"x": 2, "$json": 1}}\n]\n')
+                    b'{"id":4,"j":{"$json": 1, "x": 2},"b":{"x": 2, "$json": 1}},\n'
+                    b'{"id":5,"j":{"$json" : {"$json": 1, "$json": 2}},"b":{"$json": {"$json": 3}}}\n]\n')
 
 
 def test_all_tables_sorted_empty_table_and_odd_names(pg_db: str, run_extractor: Any, tmp_path: Path) -> None:
@@ -390,37 +398,186 @@ def test_tables_option_and_config_file(pg_db: str, run_extractor: Any, tmp_path:
     assert res.returncode == 2 and "nope" in res.stderr
 
 
-def test_sql_ascii_database_with_invalid_utf8_is_refused_with_exit_4(run_extractor: Any, tmp_path: Path) -> None:
-    """SQL_ASCII is the one PostgreSQL encoding that stores bytes that are not UTF-8: such a table is
-    refused (exit 4, no manifest, the value never quoted); valid text in the same database extracts."""
-    import uuid
+ASCII_SCHEMA_SQL = r"""
+create type mood as enum ('ok', E'caf\xc3\xa9', E'b\xffad', E'\xed\xa0\x80');
+create table t (
+  id int primary key, t text, v varchar(20), c char(6), n name, e mood, i inet,
+  ta text[], ca char(3)[], ea mood[], j jsonb, k json, ka json[]
+);
+"""
 
-    import psycopg
+# Every byte above 0x7f below is an E'' escape, so the stored bytes are these whatever the client encoding.
+ASCII_ROWS_SQL = r"""
+insert into t values
+(1, 'plain', E'caf\xc3\xa9', 'ab', 'name', 'ok', '10.0.0.1',
+ array['x', E'\xc3\xa9\xf0\x9f\x98\x80', null, ''], array['a', E'\xc3\xa9'], array['ok', E'caf\xc3\xa9']::mood[], E'{"k": "\xc3\xa9"}',
+ '{"a": "\u00e9"}', array['{"a": "\u00e9"}'::json, 'null', null]),
+(2, E'Secret\xff\x41Value', E'\xed\xa0\x80', E'\xe9', E'n\xff', E'b\xffad', '::1',
+ array[E'Secret\xffValue', null, 'ok', E'q"\\\x01\n\t\xc3'], array[E'\xe9', 'ab', null], array[E'b\xffad', 'ok', null]::mood[], '[]', null, null),
+(3, E'caf\xc3\xa9 \xf0\x9f\x98\x80 \xf0\x9d\x84\x9e \xf4\x8f\xbf\xbf \xef\xbf\xbf', E'\xc0\xaf', E'\xe0\x80\xaf', E'\xf0\x9f\x98', E'\xed\xa0\x80', null,
+ E'[0:1][-1:1]={{a,"\xff",NULL},{"\\\\",\xc3\xa9,"\xf4\x90\x80\x80"}}', array[array[E'\xff', 'x'], array['y', 'z']]::char(3)[],
+ array[E'\xed\xa0\x80']::mood[], null, null, null),
+(4, E'\xf4\x90\x80\x80', E'ab\xe2\x82', E'\x80', null, 'ok', null, E'{{{\xed\xbf\xbf}}}', '{}', '{}', null, null, null),
+(5, '', E'q"\\\x01\n\t\xff', E'\xff\xfe', E'\xed\x9f\xbf', E'caf\xc3\xa9', null, '{}', null, null, null, null, null),
+(6, null, null, null, null, null, null, null, null, null, null, null, null);
+"""
 
-    from .conftest import PG_ADMIN
+# the bytes PostgreSQL holds, fetched with textsend under client_encoding SQL_ASCII (no conversion at all):
+# nothing here shares code with the extractor, which uses regexes and convert_to on the server
+ASCII_SCALARS = {"t": "t", "v": "v", "c": "pg_catalog.textin(pg_catalog.bpcharout(c))", "n": "n::text", "e": "e::text", "i": "i::text"}
+ASCII_ARRAYS = {"ta": "x", "ca": "pg_catalog.textin(pg_catalog.bpcharout(x))", "ea": "x::text"}
 
-    name = f"cfx_ascii_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(**PG_ADMIN, autocommit=True) as admin:  # type: ignore[arg-type]
-        admin.execute(sql.SQL("create database {} encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'")
-                      .format(sql.Identifier(name)))
+
+def _cell_bytes(cell: Any) -> bytes | None:
+    """A text cell back to its bytes: a JSON string (always valid UTF-8) or {"$bytes_b64": ...} (never valid UTF-8)."""
+    if cell is None:
+        return None
+    if isinstance(cell, str):
+        return cell.encode("utf-8")
+    assert isinstance(cell, dict) and list(cell) == ["$bytes_b64"], cell
+    raw = base64.b64decode(cell["$bytes_b64"], validate=True)
     try:
-        with pg_connect(name, autocommit=True) as conn:
-            conn.execute("create table good (id int primary key, t text)")
-            conn.execute(r"insert into good values (1, 'plain'), (2, E'caf\xc3\xa9 \xf0\x9f\x98\x80')")
-            conn.execute("create table bad (id int primary key, t text)")
-            conn.execute(r"insert into bad values (1, 'ok'), (2, E'Secret\xff\x41Value')")
-        out = tmp_path / "o"
-        src = f"postgresql://postgres@127.0.0.1:5432/{name}"
-        res = run_extractor("--source", src, "--client", "c", "--tables", "good", "--output", str(out), "--run-id", "r1")
-        assert res.returncode == 0, res.stderr
-        assert json.loads(local_batch(out, "c")["good"]["data"]) == [{"id": 1, "t": "plain"}, {"id": 2, "t": "café 😀"}]
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    raise AssertionError(f"valid UTF-8 written as bytes: {raw!r}")
 
-        res = run_extractor("--source", src, "--client", "c", "--tables", "bad", "--output", str(out), "--run-id", "r1")
-        assert res.returncode == 4, res.stderr
-        assert "bad" in res.stderr and "re-run with --run-id r1" in res.stderr
-        assert "Secret" not in res.stderr and "Value" not in res.stderr  # never the row's content
-        assert not list((out / "client=c").glob("table=bad/**/manifest.json"))
-        assert not list(out.rglob(".*partial"))
-    finally:
-        with psycopg.connect(**PG_ADMIN, autocommit=True) as admin:  # type: ignore[arg-type]
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+def _flatten(value: Any) -> list[Any]:
+    return [y for x in value for y in _flatten(x)] if isinstance(value, list) else [value]
+
+
+def _shape(value: Any) -> list[int]:
+    return [len(value), *_shape(value[0])] if isinstance(value, list) and value else []
+
+
+def _dims(array_dims: bytes | str | None) -> list[int]:
+    """'[0:1][-1:1]' -> [2, 3]"""
+    if array_dims is None:
+        return []
+    text = array_dims.decode() if isinstance(array_dims, bytes) else array_dims
+    return [int(hi) - int(lo) + 1 for lo, hi in (d.split(":") for d in text.strip("[]").split("]["))]
+
+
+def test_sql_ascii_text_that_is_not_utf8_round_trips_as_bytes(pg_ascii_db: str, run_extractor: Any, tmp_path: Path) -> None:
+    """SQL_ASCII stores any bytes. A text, varchar, char(n), name or enum cell, or an element of their
+    arrays, that is valid UTF-8 is a JSON string; one that is not is {"$bytes_b64": ...} with its exact bytes."""
+    with pg_connect(pg_ascii_db, autocommit=True) as conn:
+        conn.execute(ASCII_SCHEMA_SQL)
+        conn.execute(ASCII_ROWS_SQL)
+    out = tmp_path / "o"
+    res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_ascii_db}", "--client", "c", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "Secret" not in res.stdout + res.stderr
+    batch = local_batch(out, "c")["t"]
+    manifest, data = batch["manifest"], batch["data"]
+    assert manifest["row_count"] == 6 and manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert {c["name"]: c["encoding"] for c in manifest["columns"]} == {
+        "id": "integer", "t": "string", "v": "string", "c": "string", "n": "string", "e": "enum", "i": "string",
+        "ta": "array<string>", "ca": "array<string>", "ea": "array<enum>", "j": "json", "k": "json", "ka": "array<json>"}
+    rows = {r["id"]: r for r in json.loads(data.decode("utf-8"))}  # strict UTF-8, strict JSON
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["t"] == {"$bytes_b64": base64.b64encode(b"Secret\xffAValue").decode()}
+    assert rows[2]["c"] == {"$bytes_b64": base64.b64encode(b"\xe9     ").decode()}  # char(n) keeps its padding
+    assert rows[3]["t"] == "café 😀 𝄞 \U0010ffff \uffff" and rows[1]["e"] == "ok" and rows[1]["j"] == {"k": "é"}
+    assert rows[5]["t"] == "" and rows[6]["t"] is None
+    # json: \u escapes above U+007F cannot be decoded in SQL_ASCII, so the "$json" check must not need to
+    assert b'"k":{"a": "\\u00e9"},"ka":[{"a": "\\u00e9"},{"$json":null},null]}' in data
+
+    wrapped = plain = 0
+    with pg_connect(pg_ascii_db, client_encoding="SQL_ASCII") as conn:
+        for name, expr in ASCII_SCALARS.items():
+            query = sql.SQL("select id, pg_catalog.textsend({}) from t").format(sql.SQL(expr))
+            for row_id, source in conn.execute(query):
+                cell = rows[row_id][name]
+                assert _cell_bytes(cell) == (None if source is None else bytes(source)), (name, row_id)
+                wrapped += isinstance(cell, dict)
+                plain += isinstance(cell, str)
+        for name, expr in ASCII_ARRAYS.items():
+            query = sql.SQL("select id, array(select pg_catalog.textsend({e}) from pg_catalog.unnest({c}) with ordinality u(x, o) "
+                            "order by o), pg_catalog.array_dims({c}), {c} is null from t").format(e=sql.SQL(expr), c=sql.Identifier(name))
+            for row_id, elements, dims, is_null in conn.execute(query):
+                cell = rows[row_id][name]
+                if is_null:
+                    assert cell is None, (name, row_id)
+                    continue
+                assert _shape(cell) == _dims(dims), (name, row_id)  # nesting kept (lower bounds are not)
+                flat = _flatten(cell)
+                assert [_cell_bytes(x) for x in flat] == [None if b is None else bytes(b) for b in elements], (name, row_id)
+                wrapped += sum(isinstance(x, dict) for x in flat)
+                plain += sum(isinstance(x, str) for x in flat)
+    assert wrapped == 23 and plain == 28  # counted by hand from ASCII_ROWS_SQL: both forms, in every column
+
+
+def test_sql_ascii_json_that_is_not_utf8_is_refused_with_exit_4(pg_ascii_db: str, run_extractor: Any, tmp_path: Path) -> None:
+    """A json value holding bytes that are not UTF-8 has no exact JSON form: that table is refused (exit 4,
+    no manifest, the value never quoted); a table whose text columns hold such bytes extracts."""
+    with pg_connect(pg_ascii_db, autocommit=True) as conn:
+        conn.execute("create table good (id int primary key, t text)")
+        conn.execute(r"insert into good values (1, 'plain'), (2, E'caf\xc3\xa9 \xf0\x9f\x98\x80'), (3, E'Secret\xff\x41Value')")
+        conn.execute("create table bad (id int primary key, j jsonb)")
+        conn.execute(r"""insert into bad values (1, '"ok"'), (2, E'{"k": "Secret\xff\x41Value"}')""")
+    out = tmp_path / "o"
+    src = f"postgresql://postgres@127.0.0.1:5432/{pg_ascii_db}"
+    res = run_extractor("--source", src, "--client", "c", "--tables", "good", "--output", str(out), "--run-id", "r1")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(local_batch(out, "c")["good"]["data"]) == [
+        {"id": 1, "t": "plain"}, {"id": 2, "t": "café 😀"}, {"id": 3, "t": {"$bytes_b64": base64.b64encode(b"Secret\xffAValue").decode()}}]
+
+    res = run_extractor("--source", src, "--client", "c", "--tables", "bad", "--output", str(out), "--run-id", "r1")
+    assert res.returncode == 4, res.stderr
+    assert "table bad holds a json" in res.stderr and "re-run with --run-id r1" in res.stderr
+    assert "Secret" not in res.stderr and "Value" not in res.stderr  # never the row's content
+    assert not list((out / "client=c").glob("table=bad/**/manifest.json"))
+    assert not list(out.rglob(".*partial"))
+
+
+JSON_ARRAYS_SQL = r"""
+create table ja (id int primary key, a json[], b jsonb[]);
+insert into ja values
+(1, array['null'::json, null, '{"$json": 1}'], array['null'::jsonb, null, '{"$json": 1}']),
+(2, '{{1,"\"null\""},{NULL,"{\"$json\": 1, \"x\": 2}"}}', '{{1,"\"null\""},{NULL,"{\"$json\": 1, \"x\": 2}"}}'),
+(3, '{}', '{}'),
+(4, null, null),
+(5, array['{"\u0024json": 2}'::json, '{"$json": 1, "$json": 3}', E'{"k":\n null}'], array['{"k": null}'::jsonb, '{"$json": null}']),
+(6, '[0:1]={1, "\"x\""}', '{{{true}}}');
+"""
+
+
+def test_json_array_elements_are_encoded_like_json_cells(pg_db: str, run_extractor: Any, tmp_path: Path) -> None:
+    """array<json>: each element is written as a json cell is, so SQL NULL (null), the JSON value null
+    ({"$json":null}) and an object whose only key is "$json" (wrapped once more) stay apart."""
+    with pg_connect(pg_db, autocommit=True) as conn:
+        conn.execute(JSON_ARRAYS_SQL)
+    out = tmp_path / "o"
+    res = run_extractor("--source", f"postgresql://postgres@127.0.0.1/{pg_db}", "--client", "c", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    batch = local_batch(out, "c")["ja"]
+    assert [c["encoding"] for c in batch["manifest"]["columns"]] == ["integer", "array<json>", "array<json>"]
+    data = batch["data"]
+    assert data.splitlines()[1:-1] == [
+        b'{"id":1,"a":[{"$json":null},null,{"$json":{"$json": 1}}],"b":[{"$json":null},null,{"$json":{"$json": 1}}]},',
+        b'{"id":2,"a":[[1,"null"],[null,{"$json": 1, "x": 2}]],"b":[[1,"null"],[null,{"x": 2, "$json": 1}]]},',
+        b'{"id":3,"a":[],"b":[]},',
+        b'{"id":4,"a":null,"b":null},',
+        b'{"id":5,"a":[{"$json":{"\\u0024json": 2}},{"$json":{"$json": 1, "$json": 3}},{"k":  null}],'
+        b'"b":[{"k": null},{"$json":{"$json": null}}]},',
+        b'{"id":6,"a":[1,"x"],"b":[[[true]]]}',
+    ]
+
+    # read back as a loader would (unwrap each element's lone "$json" object once) and compare with the source
+    rows = {r["id"]: r for r in _load(data)}
+    with pg_connect(pg_db) as conn:
+        for name in ("a", "b"):
+            query = sql.SQL("select id, array(select case when x is null then null else x::text end from pg_catalog.unnest({c}) "
+                            "with ordinality u(x, o) order by o), pg_catalog.array_dims({c}), {c} is null from ja").format(c=sql.Identifier(name))
+            for row_id, elements, dims, is_null in conn.execute(query):
+                cell = rows[row_id][name]
+                if is_null:
+                    assert cell is None
+                    continue
+                assert _shape(cell) == _dims(dims), (name, row_id)
+                ours = [("sql null",) if x is None else x["$json"] if isinstance(x, dict) and list(x) == ["$json"] else x
+                        for x in _flatten(cell)]
+                theirs = [("sql null",) if x is None else json.loads(x, parse_float=Decimal) for x in elements]
+                assert ours == theirs, (name, row_id)
