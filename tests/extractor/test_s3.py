@@ -77,15 +77,20 @@ def test_fault_mid_upload_leaves_no_manifest_and_rerun_completes(pg_db: str, buc
     assert objects[prefix + "table=a_small/date=20261122/run_id=r1/manifest.json"] == first_small  # not rewritten
 
 
-def test_transient_fault_is_absorbed_by_retries(pg_db: str, bucket: str, moto_endpoint: str, run_extractor: Any) -> None:
+def _extract_through(proxy: Any, pg_db: str, bucket: str, run_extractor: Any) -> Any:
+    """Run r1 of the test tables to S3 through ``proxy`` (a fault injector in front of moto)."""
     _tables(pg_db)
-    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]), fail_after=6 * 1024 * 1024, mode="once")
     try:
-        res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "ehrlogic",
-                            "--output", f"s3://{bucket}", "--endpoint-url", proxy.endpoint, "--date", "2026-11-22",
-                            "--run-id", "r1", env={"EXTRACTOR_S3_PART_MB": "5"})
+        return run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "ehrlogic",
+                             "--output", f"s3://{bucket}", "--endpoint-url", proxy.endpoint, "--date", "2026-11-22",
+                             "--run-id", "r1", env={"EXTRACTOR_S3_PART_MB": "5"})
     finally:
         proxy.close()
+
+
+def test_transient_fault_is_absorbed_by_retries(pg_db: str, bucket: str, moto_endpoint: str, run_extractor: Any) -> None:
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]), fail_after=6 * 1024 * 1024, mode="once")
+    res = _extract_through(proxy, pg_db, bucket, run_extractor)
     assert proxy.tripped
     assert res.returncode == 0, res.stderr
     objects = _objects(moto_endpoint, bucket)
@@ -102,25 +107,12 @@ def test_missing_bucket_and_credentials_fail_before_reading(pg_db: str, moto_end
     assert res.returncode == 5 and "credentials" in res.stderr
 
 
-def _extract_through_proxy(pg_db: str, bucket: str, moto_endpoint: str, run_extractor: Any,
-                           **faults: Any) -> tuple[Any, ServerErrorProxy]:
-    """Run r1 of the test tables to S3 through a ServerErrorProxy that injects ``faults``."""
-    _tables(pg_db)
-    proxy = ServerErrorProxy(int(moto_endpoint.rsplit(":", 1)[1]), **faults)
-    try:
-        res = run_extractor("--source", f"postgresql://postgres@127.0.0.1:5432/{pg_db}", "--client", "ehrlogic",
-                            "--output", f"s3://{bucket}", "--endpoint-url", proxy.endpoint, "--date", "2026-11-22",
-                            "--run-id", "r1", env={"EXTRACTOR_S3_PART_MB": "5"})
-    finally:
-        proxy.close()
-    return res, proxy
-
-
 def test_server_errors_are_retried_and_a_lost_manifest_answer_is_recognised(pg_db: str, bucket: str, moto_endpoint: str,
                                                                             run_extractor: Any) -> None:
     """Every write is refused once with 503 and each manifest's answer is lost (500 after it landed):
     the batch still completes, with every file intact and nothing written twice."""
-    res, proxy = _extract_through_proxy(pg_db, bucket, moto_endpoint, run_extractor)
+    proxy = ServerErrorProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    res = _extract_through(proxy, pg_db, bucket, run_extractor)
     assert res.returncode == 0, res.stderr
     refused = sorted(proxy.refused)
     assert sum("partNumber=" in k for k in refused) == 3, refused  # each part of the big table, once
@@ -135,7 +127,8 @@ def test_server_errors_are_retried_and_a_lost_manifest_answer_is_recognised(pg_d
 
 def test_server_errors_that_persist_fail_after_five_attempts_without_a_manifest(pg_db: str, bucket: str, moto_endpoint: str,
                                                                                run_extractor: Any) -> None:
-    res, proxy = _extract_through_proxy(pg_db, bucket, moto_endpoint, run_extractor, always="table=big/")
+    proxy = ServerErrorProxy(int(moto_endpoint.rsplit(":", 1)[1]), always="table=big/")
+    res = _extract_through(proxy, pg_db, bucket, run_extractor)
     assert res.returncode == 5, res.stderr
     assert "failed after retries" in res.stderr and "re-run with --run-id r1 --date 2026-11-22" in res.stderr
     big = {k: n for k, n in proxy.attempts.items() if "table=big/" in k and k.startswith(("PUT ", "POST "))}
