@@ -102,7 +102,7 @@ def _on_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
         log = logging.getLogger("clientflow.alerts")
         ti = context["ti"]
         # What is known of the batch: ingest's record, else find_batch's, else plan's (a sensor timeout).
-        batch = next(filter(None, (ti.xcom_pull(task_ids=t) for t in ("ingest", "find_batch", "plan"))), {})
+        batch: dict[str, Any] = next(filter(None, (ti.xcom_pull(task_ids=t) for t in ("ingest", "find_batch", "plan"))), {})
         exc = context.get("exception")
         try:
             pipeline.mark_failed(PipelineSettings.from_airflow(IDS), batch, alerts.safe_reason(exc),
