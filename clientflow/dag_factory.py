@@ -8,8 +8,9 @@ Variables. Connections are read when tasks run.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from clientflow.arrival.batches import sensor_check
 from clientflow.config import ConnectionIds
+from clientflow.identifiers import RUN_ID
 from clientflow.mapping import ClientMapping
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -65,9 +67,6 @@ def stage(func: F) -> F:
         except DuplicateBatch as dup:
             raise AirflowSkipException(f"duplicate: {dup}") from None
         except LockBusy as busy:
-            import logging
-            from datetime import UTC
-
             logging.getLogger(__name__).info("%s; asking again in %s", busy, LOCK_WAIT)
             raise AirflowRescheduleException(datetime.now(UTC) + LOCK_WAIT) from None
         except PermanentError as exc:
@@ -91,8 +90,6 @@ def stage(func: F) -> F:
 
 def _on_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     def callback(context: dict[str, Any]) -> None:
-        import logging
-
         from airflow.sdk import Connection
 
         from clientflow import pipeline
@@ -179,7 +176,7 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
         params={
             "batch_date": Param(None, type=["null", "string"], format="date",
                                 description="Batch date (YYYY-MM-DD); default: the run's logical date, else today (UTC)."),
-            "run_id": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9_.:-]{1,80}$",
+            "run_id": Param(None, type=["null", "string"], pattern=RUN_ID.pattern,
                             description="Extractor run id; default: the newest complete run of the date."),
         },
         default_args={

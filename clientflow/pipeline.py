@@ -20,7 +20,7 @@ from clientflow.arrival.batches import batch_for, complete_runs
 from clientflow.arrival.manifest import Manifest, parse_manifest
 from clientflow.config import PipelineSettings
 from clientflow.errors import BadInputError, DuplicateBatch, TransientError, Where
-from clientflow.identifiers import ident, raw_schema
+from clientflow.identifiers import RUN_ID, ident, raw_schema
 from clientflow.integrity import registry
 from clientflow.load.raw import load_table
 from clientflow.mapping import ClientMapping
@@ -40,9 +40,6 @@ def _where(batch: dict[str, Any], table: str | None = None, file: str | None = N
 
 def _lock_of(batch: dict[str, Any]) -> locks.ClientLock:
     return locks.ClientLock(**batch["lock"])
-
-
-RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 
 
 def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | None) -> dict[str, str]:

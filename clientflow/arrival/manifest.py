@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clientflow.errors import BadInputError, Where
-from clientflow.identifiers import CLIENT_NAME, check_identifier
+from clientflow.identifiers import CLIENT_NAME, RUN_ID, check_identifier
 
 Encoding = Literal[
     "integer", "decimal", "float", "string", "bytes_base64", "boolean", "date", "time",
@@ -48,7 +48,7 @@ class Manifest(BaseModel):
     table: str
     schema_: str | None = Field(default=None, alias="schema")
     date: date
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")
+    run_id: str = Field(pattern=RUN_ID.pattern)
     extracted_at: datetime
     extractor_version: str
     source_dialect: str
