@@ -82,12 +82,9 @@ def set_state(
     airflow_run_id: str | None = None,
     detail: str | None = None,
     fence_token: int | None = None,
-) -> bool:
-    """Move the batch to ``state``; with ``fence_token``, only if that run still owns the batch.
-
-    Returns whether the state changed (a run whose batch was taken up again by a newer run of
-    the same content changes nothing).
-    """
+) -> None:
+    """Move the batch to ``state``; with ``fence_token``, only if that run still owns the batch
+    (a run whose batch was taken up again by a newer run of the same content changes nothing)."""
     if state not in STATES:
         raise ValueError(state)
     changed = conn.execute(
@@ -98,7 +95,6 @@ def set_state(
     ).rowcount
     if changed:
         _event(conn, ingestion_id, state, airflow_run_id, detail)
-    return bool(changed)
 
 
 def record_duplicate(

@@ -91,19 +91,23 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
     return ClientLock(client, token, value)
 
 
+STALE_FENCE = "CF001"
+"""SQLSTATE of ``pipeline.check_fence`` (include/sql/pipeline.sql) for a token that is not current."""
+
+
 def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
     """Inside a write transaction: refuse if a newer holder took over. Holds the row lock."""
-    row = conn.execute(
-        "select token from pipeline.client_fence where client_name = %s for update",
-        (lock.client,),
-    ).fetchone()
-    if row is None or row[0] != lock.token:
+    try:
+        conn.execute("select pipeline.check_fence(%s, %s)", (lock.client, lock.token))
+    except psycopg.Error as exc:
+        if exc.sqlstate != STALE_FENCE:
+            raise
         raise LockLost(
-            f"fencing token {lock.token} is stale (current {row[0] if row else None}): a newer run "
+            f"fencing token {lock.token} is stale (current {exc.diag.message_detail}): a newer run "
             "took this client's lock over, so this run stopped before writing",
             Where(client=lock.client),
             kept="nothing of this run was committed after the takeover; the newer run carries on",
-        )
+        ) from None
 
 
 def release(settings: RedisSettings, lock: ClientLock) -> None:

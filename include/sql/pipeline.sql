@@ -70,3 +70,21 @@ create table if not exists pipeline.client_fence (
     holder          text        not null,
     acquired_at     timestamptz not null default now()
 );
+
+-- The one definition of "this run still owns the client", used by the pipeline's write
+-- transactions (clientflow.operations.locks.check) and by every dbt model (macro fence_check): lock
+-- the client's fence row until the caller's transaction ends, and refuse a token that is not the
+-- current one (SQLSTATE CF001, the current token in DETAIL).
+create or replace function pipeline.check_fence(client text, expected bigint) returns void
+language plpgsql as $$
+declare
+    current_token bigint;
+begin
+    select token into current_token from pipeline.client_fence where client_name = client for update;
+    if current_token is distinct from expected then
+        raise exception 'clientflow: fencing token % of client % is stale: a newer run took the lock over',
+            expected, client
+            using errcode = 'CF001', detail = coalesce(current_token::text, 'none');
+    end if;
+end
+$$;
