@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir -r /opt/clientflow/requirements.txt \
  && /opt/dbt-venv/bin/pip install --no-cache-dir -r /opt/clientflow/requirements-dbt.txt
 
 COPY --chown=airflow:root clientflow /opt/clientflow/clientflow
+COPY --chown=airflow:root client_extractor /opt/clientflow/client_extractor
 COPY --chown=airflow:root dags /opt/clientflow/dags
 COPY --chown=airflow:root plugins /opt/clientflow/plugins
 COPY --chown=airflow:root include /opt/clientflow/include

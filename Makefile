@@ -3,23 +3,27 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 DBT_VENV := .venv-dbt
-SITE = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test up down status lint extractor bench-extract bench-load clean
+.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
-$(VENV)/.installed: requirements.txt
+# Everything stays inside the clone: pip's cache, and the project itself as an editable install.
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	scripts/check-python.sh $(PY)
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --quiet --disable-pip-version-check -r requirements.txt
-	echo "$(CURDIR)" > "$(SITE)/clientflow-project.pth"
+	$(VENV)/bin/pip install --quiet --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # dbt lives in its own virtualenv (it would downgrade Airflow's protobuf); Cosmos calls it by path.
 $(DBT_VENV)/.installed: requirements-dbt.txt
 	$(PY) -m venv $(DBT_VENV)
-	$(DBT_VENV)/bin/pip install --quiet --quiet --disable-pip-version-check -r requirements-dbt.txt
+	$(DBT_VENV)/bin/pip install --quiet --quiet -r requirements-dbt.txt
 	touch $@
 
 # Cosmos renders the DAG from this manifest (LoadMode.DBT_MANIFEST): parsing never runs dbt.
@@ -30,9 +34,12 @@ dbt/target/manifest.json: $(DBT_VENV)/.installed $(DBT_SOURCES)
 demo: install
 	scripts/demo.sh
 
+# Temporary files of the tests (and of Airflow, dbt and PyInstaller under them) stay in the clone.
 test: install
 	scripts/stack.sh services
-	$(VENV)/bin/python -m pytest
+	$(MAKE) --no-print-directory lint
+	mkdir -p .cache/tmp
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest
 
 up: install
 	scripts/stack.sh up
@@ -43,17 +50,30 @@ down:
 status:
 	scripts/stack.sh status
 
-lint: install
-	$(VENV)/bin/ruff check clientflow dags plugins tests bench client_extractor
-	$(VENV)/bin/mypy clientflow
+LINTED := clientflow client_extractor dags plugins tests bench
+
+# The same checks as .pre-commit-config.yaml. lint-sql compiles the dbt project, which needs a
+# PostgreSQL to connect to (any database: it only reads the catalog).
+lint: install lint-sql
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy clientflow client_extractor dags
+	$(VENV)/bin/python -m clientflow.transform.generate --check
+
+lint-sql: $(DBT_VENV)/.installed
+	CLIENTFLOW_STAGING_DB=postgres CLIENTFLOW_STAGING_USER=postgres $(DBT_VENV)/bin/sqlfluff lint dbt/models dbt/macros dbt/tests --nocolor 2>&1 \
+	  | grep -v 'because it is a macro' ; test $${PIPESTATUS[0]} -eq 0
+
+# Rewrite the dbt files that follow from clientflow/entities.py (see clientflow/transform/generate.py).
+generate: $(VENV)/.installed
+	$(VENV)/bin/python -m clientflow.transform.generate
 
 clean:
-	rm -rf dist build dbt/target dbt/logs
+	rm -rf dist build dbt/target dbt/logs .cache/tmp
 
 # The client extractor as one self-contained binary (PyInstaller onefile): dist/client-extractor.
 extractor: dist/client-extractor
 
-dist/client-extractor: $(VENV)/.installed client_extractor/extractor.py client_extractor/__main__.py client_extractor/__init__.py client_extractor/client-extractor.spec
+dist/client-extractor: $(VENV)/.installed $(shell find client_extractor -name '*.py') client_extractor/client-extractor.spec
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/client-extractor client_extractor/client-extractor.spec
 
 bench-extract: extractor

@@ -93,13 +93,9 @@ def ensure_database(host: str, port: int, user: str, dbname: str, rows: int) -> 
 
 
 def ensure_binary() -> None:
-    sources = [ROOT / "client_extractor" / n for n in ("extractor.py", "__main__.py", "__init__.py", "client-extractor.spec")]
-    if BINARY.exists() and BINARY.stat().st_mtime > max(p.stat().st_mtime for p in sources):
-        return
-    print("building dist/client-extractor ...")
-    subprocess.run([str(Path(sys.executable).parent / "pyinstaller"), "--noconfirm", "--log-level", "WARN", "--distpath",
-                    str(ROOT / "dist"), "--workpath", str(ROOT / "build" / "client-extractor"),
-                    str(ROOT / "client_extractor" / "client-extractor.spec")], cwd=ROOT, check=True)
+    """`make bench-extract` builds the binary first (make knows when its sources changed)."""
+    if not BINARY.exists():
+        sys.exit("dist/client-extractor is missing: run `make bench-extract` (it builds the binary)")
 
 
 def run_extractor(source: str, out: Path) -> tuple[float, float, int]:

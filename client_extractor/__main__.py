@@ -2,7 +2,7 @@
 
 import sys
 
-from client_extractor.extractor import main
+from client_extractor.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

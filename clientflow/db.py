@@ -1,4 +1,4 @@
-"""PostgreSQL connections, and error text that is safe to log or email.
+"""PostgreSQL connections whose errors come out named, and error text that is safe to log or email.
 
 PostgreSQL's messages quote row values ("Failing row contains (...)", "invalid input syntax for
 type date: ..."), so :func:`describe_db_error` keeps only the error class and the names of the
@@ -16,7 +16,8 @@ import psycopg
 from clientflow.config import PostgresSettings
 from clientflow.errors import PermanentError, TransientError, Where
 
-# Connection problems and server shutdowns: worth a retry. Everything else is about the data.
+# Connection problems, server shutdowns, resource limits, serialization failures: worth a retry.
+# Everything else is about the data or the schema.
 _TRANSIENT_CLASSES = ("08", "57", "53", "40")
 
 
@@ -38,19 +39,20 @@ def describe_db_error(exc: BaseException) -> str:
     return f"PostgreSQL {type(exc).__name__}" + (f" ({', '.join(names)})" if names else "")
 
 
-def wrap_db_error(exc: psycopg.Error, where: Where, doing: str) -> Exception:
-    sqlstate = exc.sqlstate or ""
+def is_transient(exc: psycopg.Error) -> bool:
+    return isinstance(exc, psycopg.OperationalError) or (exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
+
+
+def wrap_db_error(exc: psycopg.Error, where: Where, doing: str) -> PermanentError | TransientError:
     text = f"{doing} failed: {describe_db_error(exc)}"
-    if isinstance(exc, psycopg.OperationalError) or sqlstate[:2] in _TRANSIENT_CLASSES:
-        return TransientError(text, where)
-    return PermanentError(text, where)
+    return TransientError(text, where) if is_transient(exc) else PermanentError(text, where)
 
 
 @contextmanager
 def connect(settings: PostgresSettings, where: Where, doing: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose errors come out named and scrubbed; commits on success."""
-    try:
-        with psycopg.connect(settings.conninfo()) as conn:
-            yield conn
-    except psycopg.Error as exc:
-        raise wrap_db_error(exc, where, f"{doing} on {settings.describe()}") from None
+    """A connection (committed when the block ends, rolled back on an error) whose PostgreSQL,
+    S3 and Redis errors, inside the block too, come out as ours and name ``where``."""
+    from clientflow.faults import named
+
+    with named(where, f"{doing} on {settings.describe()}"), psycopg.connect(settings.conninfo()) as conn:
+        yield conn

@@ -1,46 +1,173 @@
-"""Our platform's entities: the production tables a client's data lands in.
+"""Our platform's entities: the production tables a client's data lands in, declared once.
 
-This is the one place Python knows the target columns; ``include/sql/production.sql`` defines
-them for PostgreSQL and ``tests/test_entities.py`` checks that both agree.
+Everything else that knows our target columns is generated from :data:`ENTITIES` or checked
+against it by ``tests/test_entities.py``:
+
+- ``include/sql/production.sql`` (hand-written DDL, applied to production and to the staging
+  replica): the test compares its catalog (columns, types, NOT NULL, keys, foreign keys, CHECKs)
+  with a table built from this declaration;
+- the dbt models ``dbt/models/staging/stg_<entity>.sql``, ``dbt/models/practice/<entity>.sql``,
+  their YAML (tests: unique, not_null, accepted_values, relationships) and the raw sources:
+  written by ``python -m clientflow.transform.generate`` and refused by the test when stale;
+- the mapping's vocabulary (which of our columns a client may map) and the promotion's upsert.
+
+Adding an entity: declare it here, add its DDL to ``production.sql``, run the generator.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
 
-EntityName = Literal["providers", "patients", "appointments"]
+from client_extractor.contract import CLIENT_NAME
 
-# Load order respects foreign keys: appointments reference patients and providers.
-ENTITY_ORDER: tuple[EntityName, ...] = ("providers", "patients", "appointments")
+CLIENT_KEY = "client_id"
+"""The tenant key: the first column of every production table and of its primary key."""
 
-PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
-    "providers": ("client_id", "provider_id"),
-    "patients": ("client_id", "patient_id"),
-    "appointments": ("client_id", "appointment_id"),
-}
 
-# Columns a mapping may fill, per entity (client_id, ingestion_id, source_batch_date and synced_at are ours).
-MAPPABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "providers": ("provider_id", "first_name", "last_name", "specialty", "npi", "email", "active"),
-    "patients": (
-        "patient_id", "first_name", "last_name", "date_of_birth", "sex", "email", "phone",
-        "postal_code", "created_at",
+@dataclass(frozen=True)
+class Column:
+    """One column of ours that a client's mapping can fill."""
+
+    name: str
+    sql_type: str
+    """PostgreSQL type as production.sql declares it (``text``, ``date``, ``numeric(10,2)`` ...)."""
+    clean: str = "text"
+    """How a client's text becomes this type by default: text, email, phone, date, timestamptz,
+    integer, money, boolean (``dbt/macros/clean_as.sql``)."""
+    required: bool = False
+    """NOT NULL in production; a client must map it."""
+    accepted: tuple[str, ...] = ()
+    """The only values allowed (a CHECK in production, an accepted_values test in dbt)."""
+    check: str | None = None
+    """Any other CHECK on the column, a SQL condition on the column's name (as in production.sql)."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    column: str
+    parent: str
+    """The entity referenced; its key column has the same name (within the same client)."""
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    key: str
+    """The entity's id column; the primary key is (client_id, key)."""
+    columns: tuple[Column, ...]
+    description: str
+    parents: tuple[ForeignKey, ...] = field(default=())
+
+    @property
+    def primary_key(self) -> tuple[str, str]:
+        return (CLIENT_KEY, self.key)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    @property
+    def production_columns(self) -> tuple[str, ...]:
+        """All columns of the production table, in DDL order."""
+        return tuple(c.name for c in self.table_columns)
+
+    @property
+    def table_columns(self) -> tuple[Column, ...]:
+        """The production table's columns in DDL order: tenant key, ours, then the pipeline's."""
+        return (TENANT, *self.columns, *PIPELINE_COLUMNS)
+
+    @property
+    def business_columns(self) -> tuple[str, ...]:
+        """Columns whose change is a real change (everything but lineage metadata)."""
+        return (CLIENT_KEY, *self.column_names)
+
+
+TENANT = Column(CLIENT_KEY, "text", required=True, check=f"{CLIENT_KEY} ~ '{CLIENT_NAME.pattern}'",
+                description="Tenant key: the client the row belongs to.")
+PIPELINE_COLUMNS = (
+    Column("ingestion_id", "text", required=True,
+           description="The batch that last wrote the row (pipeline.batches)."),
+    Column("source_batch_date", "date",
+           description="Date of the batch that wrote the row; promotion keeps the newest."),
+    Column("synced_at", "timestamptz", required=True, description="When the row was last written."),
+)
+"""Ours on every production table, after the entity's own columns."""
+
+_NONEMPTY = "{} <> ''"
+
+ENTITIES: tuple[Entity, ...] = (
+    Entity(
+        name="providers",
+        key="provider_id",
+        description="Clinicians of each client practice.",
+        columns=(
+            Column("provider_id", "text", required=True, check=_NONEMPTY.format("provider_id"),
+                   description="The client's provider id, as text."),
+            Column("first_name", "text"),
+            Column("last_name", "text", required=True, check=_NONEMPTY.format("last_name")),
+            Column("specialty", "text", required=True,
+                   accepted=("general_dentistry", "orthodontics", "hygiene", "optometry",
+                             "ophthalmology", "other")),
+            Column("npi", "text", check="npi ~ '^[0-9]{10}$'",
+                   description="National Provider Identifier: ten digits."),
+            Column("email", "text", clean="email",
+                   check="email = lower(email) and email like '%_@_%'"),
+            Column("active", "boolean", clean="boolean", required=True),
+        ),
     ),
-    "appointments": (
-        "appointment_id", "patient_id", "provider_id", "starts_at", "duration_minutes", "status",
-        "reason", "fee",
+    Entity(
+        name="patients",
+        key="patient_id",
+        description="Patients of each client practice.",
+        columns=(
+            Column("patient_id", "text", required=True, check=_NONEMPTY.format("patient_id")),
+            Column("first_name", "text"),
+            Column("last_name", "text", required=True, check=_NONEMPTY.format("last_name")),
+            Column("date_of_birth", "date", clean="date",
+                   check="date_of_birth between date '1890-01-01' and date '2100-01-01'"),
+            Column("sex", "text", required=True, accepted=("female", "male", "other", "unknown")),
+            Column("email", "text", clean="email",
+                   check="email = lower(email) and email like '%_@_%'"),
+            Column("phone", "text", clean="phone", check="phone ~ '^\\+?[0-9]{7,15}$'",
+                   description="Digits with an optional leading +."),
+            Column("postal_code", "text"),
+            Column("created_at", "timestamptz", clean="timestamptz"),
+        ),
     ),
-}
+    Entity(
+        name="appointments",
+        key="appointment_id",
+        description="Appointments, each referencing a patient and a provider of the same client.",
+        columns=(
+            Column("appointment_id", "text", required=True, check=_NONEMPTY.format("appointment_id")),
+            Column("patient_id", "text", required=True),
+            Column("provider_id", "text", required=True),
+            Column("starts_at", "timestamptz", clean="timestamptz", required=True),
+            Column("duration_minutes", "integer", clean="integer", required=True,
+                   check="duration_minutes between 5 and 480"),
+            Column("status", "text", required=True,
+                   accepted=("scheduled", "completed", "cancelled", "no_show")),
+            Column("reason", "text"),
+            Column("fee", "numeric(10, 2)", clean="money", check="fee >= 0"),
+        ),
+        parents=(ForeignKey("patient_id", "patients"), ForeignKey("provider_id", "providers")),
+    ),
+)
+"""In foreign-key order: parents before the entities that reference them."""
 
-# source_batch_date: the date of the batch that last wrote the row (newer or equal date wins).
-PIPELINE_COLUMNS = ("client_id", "ingestion_id", "source_batch_date", "synced_at")
+BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}
+ENTITY_ORDER: tuple[str, ...] = tuple(e.name for e in ENTITIES)
 
 
-def production_columns(entity: str) -> tuple[str, ...]:
-    """All columns of the production table, in DDL order."""
-    return ("client_id", *MAPPABLE_COLUMNS[entity], "ingestion_id", "source_batch_date", "synced_at")
-
-
-def business_columns(entity: str) -> tuple[str, ...]:
-    """Columns whose change is a real change (everything but lineage metadata)."""
-    return ("client_id", *MAPPABLE_COLUMNS[entity])
+def entity(name: str) -> Entity:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown entity {name!r}; ours are {list(ENTITY_ORDER)}") from None

@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clientflow.entities import ENTITY_ORDER, MAPPABLE_COLUMNS, PRIMARY_KEYS
-from clientflow.identifiers import CLIENT_NAME, check_identifier
+from client_extractor.contract import CLIENT_NAME
+from clientflow.entities import BY_NAME, ENTITY_ORDER
+from clientflow.identifiers import check_identifier
 
 MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "include" / "mappings"
 
@@ -93,15 +94,15 @@ class ClientMapping(BaseModel):
 
     @model_validator(mode="after")
     def _entities_fit_our_schema(self) -> ClientMapping:
-        for entity, spec in self.entities.items():
-            if entity not in MAPPABLE_COLUMNS:
-                raise ValueError(f"unknown entity {entity!r}; ours are {sorted(MAPPABLE_COLUMNS)}")
-            unknown = set(spec.columns) - set(MAPPABLE_COLUMNS[entity])
+        for name, spec in self.entities.items():
+            ours = BY_NAME.get(name)
+            if ours is None:
+                raise ValueError(f"unknown entity {name!r}; ours are {sorted(BY_NAME)}")
+            unknown = set(spec.columns) - set(ours.column_names)
             if unknown:
-                raise ValueError(f"{entity}: no such column(s) of ours: {sorted(unknown)}")
-            for key in PRIMARY_KEYS[entity][1:]:
-                if key not in spec.columns:
-                    raise ValueError(f"{entity}: the key column {key!r} must be mapped")
+                raise ValueError(f"{name}: no such column(s) of ours: {sorted(unknown)}")
+            if ours.key not in spec.columns:
+                raise ValueError(f"{name}: the key column {ours.key!r} must be mapped")
         missing = [e for e in ENTITY_ORDER if e not in self.entities]
         if missing:
             raise ValueError(f"entities not mapped: {missing}")

@@ -1,4 +1,4 @@
-"""Find complete batches in the bucket.
+"""Find complete batches in the bucket, and read their manifests.
 
 A batch is one extractor run (run_id) of one client for one date. It is complete when every
 table the client's mapping expects has both ``data.json`` and ``manifest.json``; the extractor
@@ -9,29 +9,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from clientflow.arrival.layout import DATA_FILE, MANIFEST_FILE, batch_key, parse_key
+from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, parse_key
+from clientflow.arrival.manifest import Manifest, parse_manifest
+from clientflow.batch import Batch, BatchFile
+from clientflow.errors import BadInputError
 from clientflow.mapping import ClientMapping
 
-
-@dataclass(frozen=True)
-class BatchFiles:
-    """The S3 keys of one table's data and manifest in a batch."""
-
-    table: str
-    data_key: str
-    manifest_key: str
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class Batch:
-    client: str
-    day: date
-    run_id: str
-    files: tuple[BatchFiles, ...] = field(default_factory=tuple)
+class ArrivedTable:
+    """One table of a batch as it arrived: its two files and what its manifest says."""
+
+    files: BatchFile
+    manifest: Manifest
 
 
 def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
@@ -76,13 +72,32 @@ def sensor_check(mapping: ClientMapping) -> Callable[..., bool]:
     return complete
 
 
-def batch_for(mapping: ClientMapping, day: date, run_id: str) -> Batch:
-    files = tuple(
-        BatchFiles(
+def batch_files(mapping: ClientMapping, day: date, run_id: str) -> tuple[BatchFile, ...]:
+    """The keys every mapped table of one run has in the bucket, in load order."""
+    return tuple(
+        BatchFile(
             table=table,
             data_key=batch_key(mapping.client, table, day, run_id, DATA_FILE),
             manifest_key=batch_key(mapping.client, table, day, run_id, MANIFEST_FILE),
         )
         for table in mapping.source_tables
     )
-    return Batch(client=mapping.client, day=day, run_id=run_id, files=files)
+
+
+def read_manifests(s3: Any, bucket: str, batch: Batch) -> list[ArrivedTable]:
+    """Fetch and validate each table's manifest; each must name the place it was found in."""
+    out = []
+    for files in batch.files:
+        where = batch.where(files.table, files.manifest_key)
+        body = s3.get_object(Bucket=bucket, Key=files.manifest_key)["Body"]
+        raw = body.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BadInputError("manifest.json is larger than 1 MiB", where)
+        manifest = parse_manifest(raw, where)
+        if (manifest.client, manifest.table, manifest.date, manifest.run_id) != (
+            batch.client, files.table, batch.day, batch.run_id
+        ):
+            raise BadInputError("manifest.json names a different client, table, date or run "
+                                "than its location in the bucket", where)
+        out.append(ArrivedTable(files, manifest))
+    return out

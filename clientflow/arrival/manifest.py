@@ -1,28 +1,36 @@
-"""The extractor's ``manifest.json``, validated before anything trusts it."""
+"""The extractor's ``manifest.json``, validated before anything trusts it.
+
+The patterns and field names are the extractor's contract (``client_extractor.contract``); this
+model adds the types and bounds, and its JSON Schema is published as ``docs/manifest.schema.json``
+(``clientflow manifest-schema`` prints it; a test keeps the published copy current).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-from datetime import date, datetime
-from typing import Literal
+import json
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from client_extractor import contract
 from clientflow.errors import BadInputError, Where
-from clientflow.identifiers import CLIENT_NAME, RUN_ID, check_identifier
+from clientflow.identifiers import check_identifier
 
-Encoding = Literal[
-    "integer", "decimal", "float", "string", "bytes_base64", "boolean", "date", "time",
-    "timestamp", "timestamptz", "interval", "uuid", "json", "array", "enum",
-]
+_ENCODING = re.compile(r"^(?:array<)*(?:" + "|".join(e for e in contract.ENCODINGS if e != "array") + r")>*$")
 
 
 class ManifestColumn(BaseModel):
+    """One column of the table, as the source database declared it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    source_type: str
-    encoding: str
+    name: str = Field(description="The column's name, exactly as the source spells it.")
+    source_type: str = Field(description="The source database's type name (e.g. 'character varying').")
+    encoding: Annotated[str, Field(pattern=_ENCODING.pattern)] = Field(
+        description="How data.json writes the values: one of the encodings, or array<E> (see docs/extractor.md).")
     nullable: bool = True
     primary_key: bool = False
 
@@ -30,6 +38,13 @@ class ManifestColumn(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_identifier(value, "column")
+
+    @field_validator("encoding")
+    @classmethod
+    def _balanced(cls, value: str) -> str:
+        if value.count("<") != value.count(">"):
+            raise ValueError("array<...> brackets do not match")
+        return value
 
     @property
     def base_encoding(self) -> str:
@@ -40,22 +55,23 @@ class ManifestColumn(BaseModel):
 class Manifest(BaseModel):
     """What one extractor run wrote for one table (format version 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="clientflow manifest.json")
 
-    format_version: Literal[1]
-    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    client: str = Field(pattern=CLIENT_NAME.pattern)
-    table: str
-    schema_: str | None = Field(default=None, alias="schema")
-    date: date
-    run_id: str = Field(pattern=RUN_ID.pattern)
-    extracted_at: datetime
+    format_version: Literal[1] = Field(description="Manifest format; this pipeline reads version 1.")
+    job_id: str = Field(pattern=contract.JOB_ID.pattern,
+                        description="Hash of client, table, date and the data's sha256.")
+    client: str = Field(pattern=contract.CLIENT_NAME.pattern)
+    table: str = Field(description="The source table's name, exactly as the source spells it.")
+    schema_: str | None = Field(default=None, alias="schema", description="The source schema.")
+    date: dt.date = Field(description="The batch date (YYYY-MM-DD).")
+    run_id: str = Field(pattern=contract.RUN_ID.pattern, description="The extractor run's id.")
+    extracted_at: dt.datetime
     extractor_version: str
-    source_dialect: str
-    row_count: int = Field(ge=0)
-    byte_size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    data_file: Literal["data.json"] = "data.json"
+    source_dialect: str = Field(description="postgresql, mysql or sqlite.")
+    row_count: int = Field(ge=0, description="Rows in data.json.")
+    byte_size: int = Field(ge=0, description="Bytes of data.json.")
+    sha256: str = Field(pattern=contract.SHA256.pattern, description="sha256 of data.json's bytes.")
+    data_file: Literal["data.json"] = contract.DATA_FILE
     columns: list[ManifestColumn] = Field(min_length=1)
 
     @field_validator("table")
@@ -79,3 +95,11 @@ def parse_manifest(raw: bytes, where: Where) -> Manifest:
             for err in exc.errors(include_input=False)
         )
         raise BadInputError(f"manifest.json is not a valid manifest: {problems}", where) from None
+
+
+def json_schema() -> str:
+    """The manifest's JSON Schema, as published in docs/manifest.schema.json."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "$id": "https://clientflow.example/schemas/manifest.schema.json",
+              **Manifest.model_json_schema(by_alias=True)}
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"

@@ -4,7 +4,7 @@ The file is read once: every byte feeds sha256 and the parser in the same pass, 
 PostgreSQL (COPY, text format) while the file is still being read, and nothing is committed
 here; the caller commits only after :func:`load_table` has checked the byte size, sha256 and
 row count against the manifest. Memory stays flat whatever the file size; it grows only with
-the largest row, which may not exceed :data:`MAX_ROW_BYTES`.
+the largest row, which may not exceed :data:`~clientflow.load.jsonrows.MAX_ROW_BYTES`.
 
 Raw tables keep the client's names and values as received: a JSON string becomes its text, any
 other value keeps its JSON text byte for byte (``1.50`` stays ``1.50``, every digit of a long
@@ -13,53 +13,28 @@ parse the JSON text. Each row also gets ``source_row`` (its position in the file
 batch's ``ingestion_id``, ``client_name`` and ``source_file`` come from column defaults that read
 transaction-local settings, so they are not sent a million times; ``loaded_at`` is ``now()``.
 
-How it keeps up with ``psql \\copy`` (docs/loader.md has the figures):
-
-- The extractor writes one row a line, so the stream is cut into ~1 MiB slices at the last
-  ``},\\n``; msgspec validates each slice (strict JSON, exactly the manifest's keys) and hands
-  back every value's JSON text without building Python strings.
-- In a slice without a backslash, brace or bracket, a value's JSON text is its COPY text once
-  the string quotes are dropped (``null`` is the COPY's NULL marker), so a slice becomes COPY
-  data in a few C-level joins; other rows are converted value by value.
-- Any other layout, and every malformed file, goes through :class:`_Scanner`, which finds each
-  row's end itself and names the byte where the file goes wrong.
+The JSON is validated and turned into COPY lines by :mod:`clientflow.load.jsonrows`. The raw
+tables' other statements (a retried batch replacing its own attempt, retention, counts) are here
+too: this module owns the raw tables.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 from typing import IO, Any
 
-import msgspec
 import psycopg
 from psycopg import sql
 
 from clientflow.arrival.manifest import Manifest
 from clientflow.errors import BadInputError, IntegrityError, Where
 from clientflow.identifiers import IdentifierError, check_columns, ident
-
-MAX_DEPTH = 64
-"""Deepest nesting allowed inside one value (``[[1]]`` is 2)."""
-MAX_ROW_BYTES = 64 << 20
-"""Largest row accepted; a bigger one is refused rather than held in memory."""
+from clientflow.load.jsonrows import HashingReader, RowFormat, RowStream
 
 _JSONB_ENCODINGS = {"json", "array"}
-_CHUNK = 1 << 20
-_FAST_LIMIT = MAX_ROW_BYTES  # bytes without a "},\n" before the scanner takes over
-_ROW_END = b"},\n"
-_BATCH_ROWS = 2000
-_WHITESPACE = re.compile(rb"[ \t\n\r]*")
-_STRUCTURAL = re.compile(rb'["\[\]{}]')
-_BYTE_IN_MESSAGE = re.compile(r"\(byte (\d+)\)")
 _LEADING_DIGITS = re.compile(r"\d+")
-_astuple = msgspec.structs.astuple
-_NULL_STRING = b'"null"'
-_DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
 # The metadata that is the same on every row of a batch is not sent with each row: the columns
 # default to these transaction-local settings, which load_table sets just before its COPY.
 _BATCH_SETTINGS = {
@@ -67,21 +42,6 @@ _BATCH_SETTINGS = {
     "client_name": "clientflow.client_name",
     "source_file": "clientflow.source_file",
 }
-
-
-class HashingReader:
-    """A file-like wrapper that hashes and counts every byte read through it."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = _CHUNK) -> bytes:
-        chunk = self._raw.read(n if n > 0 else _CHUNK)
-        self.sha256.update(chunk)
-        self.size += len(chunk)
-        return chunk
 
 
 @dataclass(frozen=True)
@@ -145,364 +105,6 @@ def ensure_raw_table(conn: psycopg.Connection[Any], schema: str, manifest: Manif
     return {name: existing[name] for name in names}
 
 
-def _copy_escape(value: bytes) -> bytes:
-    """COPY text format: backslash, tab, newline and carriage return are written as escapes."""
-    if b"\\" in value:
-        value = value.replace(b"\\", b"\\\\")
-    if b"\t" in value or b"\n" in value or b"\r" in value:
-        value = value.replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
-    return value
-
-
-def _depth(text: bytes) -> int:
-    """How deeply a JSON value nests (strings are skipped, so brackets inside them don't count)."""
-    depth = deepest = 0
-    pos = 0
-    while match := _STRUCTURAL.search(text, pos):
-        char = text[match.start()]
-        if char == 0x22:  # '"'
-            pos = _string_end(text, match.start() + 1)
-            if pos < 0:
-                break
-            continue
-        depth += 1 if char in b"[{" else -1
-        deepest = max(deepest, depth)
-        pos = match.end()
-    return deepest
-
-
-def _string_end(buf: bytes, pos: int) -> int:
-    """Index just past the closing quote of the string whose content starts at ``pos``; -1 if none yet."""
-    while True:
-        quote = buf.find(b'"', pos)
-        if quote < 0:
-            return -1
-        back = quote - 1
-        while buf[back] == 0x5C:  # backslash: the opening quote stops this loop
-            back -= 1
-        if (quote - 1 - back) % 2 == 0:
-            return quote + 1
-        pos = quote + 1
-
-
-class _Rows:
-    """Turns decoded rows into COPY text lines: ``source_row``, then the manifest's columns."""
-
-    def __init__(self, names: list[str], jsonb: list[bool], where: Where) -> None:
-        self.names = names
-        self.jsonb = jsonb
-        self.any_jsonb = any(jsonb)
-        self.where = where
-        self.keys = msgspec.json.Decoder(dict[str, msgspec.Raw])
-        self.known = set(names)
-        if any(char in name for name in names for char in '"\\'):
-            # msgspec cannot match such keys to struct fields: decode plain dicts, check keys here
-            self.many = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
-            self.one = self.keys
-            pick = itemgetter(*names)
-            self.values: Callable[[Any], tuple[Any, ...]] = (
-                pick if len(names) > 1 else lambda row: (pick(row),))
-            self.checked = False
-        else:
-            fields = [(f"c{i}", msgspec.Raw) for i in range(len(names))]
-            rename = {f"c{i}": name for i, name in enumerate(names)}
-            struct = msgspec.defstruct("RawRow", fields, rename=rename, forbid_unknown_fields=True,
-                                       gc=False)
-            self.many = msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
-            self.one = msgspec.json.Decoder(struct)
-            self.values = _astuple
-            self.checked = True  # msgspec refuses unknown and missing keys itself
-
-    def decode(self, document: Any) -> list[Any]:
-        """All rows of a slice; raises a msgspec error if any is not an object with the right keys."""
-        rows: list[Any] = self.many.decode(document)
-        if not self.checked and any(len(row) != len(self.known) or row.keys() != self.known for row in rows):
-            raise msgspec.ValidationError("keys differ from the manifest's columns")
-        return rows
-
-    def lines(self, rows: list[Any], first: int) -> bytes:
-        """COPY text lines for ``rows``, numbered from ``first`` (the COPY reads ``null`` as NULL).
-
-        A batch without a backslash, brace or bracket holds only numbers, literals, nulls and
-        strings without escapes: their JSON text joined by tabs, less the quotes, is exactly the
-        COPY text, unless a string is "null" itself. Otherwise the rows that need it are redone
-        value by value.
-        """
-        joined = list(map(b"\t".join, map(self.values, rows)))
-        data = self._join(joined, first)
-        if not (self.any_jsonb or b"\\" in data or b"{" in data or b"[" in data or _NULL_STRING in data):
-            return data.translate(None, b'"')
-        for i, line in enumerate(joined):
-            if self.any_jsonb or b"\\" in line or b"{" in line or b"[" in line or _NULL_STRING in line:
-                joined[i] = self._fix(self.values(rows[i]), first + i)
-            else:
-                joined[i] = line.translate(None, b'"')
-        return self._join(joined, first)
-
-    @staticmethod
-    def _join(joined: list[bytes], first: int) -> bytes:
-        if not joined:
-            return b""
-        starts = list(map(b"\n%d\t".__mod__, range(first, first + len(joined))))
-        starts[0] = starts[0][1:]
-        return b"".join(chain(chain.from_iterable(zip(starts, joined, strict=True)), (b"\n",)))
-
-    def _fix(self, cells: tuple[msgspec.Raw, ...], number: int) -> bytes:
-        """One row, value by value: unescape strings, escape for COPY, check depth and NUL."""
-        out = []
-        for raw, jsonb, name in zip(cells, self.jsonb, self.names, strict=True):
-            value = bytes(raw)
-            head = value[:1]
-            if value == b"null":
-                out.append(value)  # NULL
-                continue
-            if head in (b"{", b"[") and value.count(b"[") + value.count(b"{") > MAX_DEPTH:
-                if _depth(value) > MAX_DEPTH:
-                    raise BadInputError(
-                        f"row {number} of data.json nests deeper than {MAX_DEPTH} levels",
-                        self._at(name),
-                    )
-            if jsonb or head in (b"{", b"["):
-                out.append(_copy_escape(value))  # JSON text as received
-            elif head == b'"':
-                text = self._unescape(value, number, name) if b"\\" in value else value[1:-1]
-                out.append(b"nul\\l" if text == b"null" else _copy_escape(text))  # "\\l" reads as "l"
-            else:
-                out.append(value)  # a number, true or false: its JSON text
-        return b"\t".join(out)
-
-    def _unescape(self, value: bytes, number: int, name: str) -> bytes:
-        try:
-            text = msgspec.json.decode(value, type=str)
-            if "\x00" in text:
-                raise BadInputError(
-                    f"row {number} of data.json holds a NUL character (\\u0000), which PostgreSQL "
-                    "text cannot store", self._at(name),
-                )
-            return text.encode("utf-8")
-        except (msgspec.DecodeError, UnicodeError):
-            raise BadInputError(
-                f"row {number} of data.json holds a string that is not valid Unicode (a lone "
-                "\\uD800-\\uDFFF escape or bytes that are not UTF-8)", self._at(name),
-            ) from None
-
-    def check(self, element: bytes, number: int, offset: int) -> Any:
-        """Decode one row found by the scanner; errors say what is wrong and where."""
-        try:
-            row = self.one.decode(element)
-            if self.checked or row.keys() == self.known:
-                return row
-        except msgspec.ValidationError:
-            pass  # valid JSON so far, but not the manifest's keys (or invalid further on)
-        except _DECODE_ERRORS as exc:
-            raise self._invalid(exc, number, offset) from None
-        try:
-            keys = set(self.keys.decode(element))
-        except _DECODE_ERRORS as exc:
-            raise self._invalid(exc, number, offset) from None
-        missing = [n for n in self.names if n not in keys]
-        unexpected = len(keys - set(self.names))
-        found = [f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")] if missing else []
-        found += [f"{unexpected} key(s) not in the manifest"] if unexpected else []
-        raise BadInputError(
-            f"row {number} of data.json has keys that differ from the manifest's columns "
-            f"({'; '.join(found)})",
-            self.where,
-        )
-
-    def _invalid(self, exc: Exception, number: int, offset: int) -> BadInputError:
-        if isinstance(exc, RecursionError):
-            return BadInputError(f"row {number} of data.json nests deeper than {MAX_DEPTH} levels",
-                                 self.where)
-        found = _BYTE_IN_MESSAGE.search(str(exc)) if isinstance(exc, msgspec.DecodeError) else None
-        at = f"at byte {offset + int(found.group(1))}" if found else f"in the row starting at byte {offset}"
-        return BadInputError(f"data.json is not valid JSON {at} (row {number})", self.where)
-
-    def _at(self, column: str) -> Where:
-        w = self.where
-        return Where(w.client, w.table, w.batch_date, w.run_id, w.file, column)
-
-
-class _Reader:
-    """Splits data.json into batches of decoded rows, validating every byte on the way."""
-
-    def __init__(self, reader: HashingReader, rows: _Rows, where: Where) -> None:
-        self.reader = reader
-        self.fmt = rows
-        self.where = where
-        self.count = 0
-
-    def batches(self) -> Iterator[bytes]:
-        """COPY lines, batch by batch, until the array's end; then the rest must be whitespace."""
-        pending = self._open()
-        first = True
-        while True:
-            chunk = self.reader.read(_CHUNK)
-            if chunk:
-                pending += chunk
-                cut = pending.rfind(_ROW_END, max(0, len(pending) - len(chunk) - len(_ROW_END)))
-                if cut <= 0:
-                    if len(pending) > _FAST_LIMIT:
-                        break
-                    continue
-                body = memoryview(pending)[0 if first else 1 : cut + 1]
-                document = b"".join((b"[", body, b"]"))
-            else:
-                body = memoryview(pending)[0 if first else 1 :]
-                document = b"".join((b"[", body))
-            try:
-                decoded = self.fmt.decode(document)
-            except _DECODE_ERRORS:
-                break
-            if not chunk and not first and not decoded:
-                break  # a comma before "]": let the scanner name the byte
-            yield self.fmt.lines(decoded, self.count + 1)
-            self.count += len(decoded)
-            if not chunk:
-                return
-            pending = pending[cut + 1 :]
-            first = False
-        yield from _Scanner(self, pending, self.reader.size - len(pending), first).batches()
-
-    def _open(self) -> bytes:
-        """Everything after the opening "["; refuse anything but a top-level array at once."""
-        while True:
-            head = self.reader.read(_CHUNK)
-            if not head:
-                raise BadInputError("data.json is empty; expected a JSON array of row objects",
-                                    self.where)
-            start = _WHITESPACE.match(head).end()  # type: ignore[union-attr]
-            if start == len(head):
-                continue
-            if head.startswith(b"\xef\xbb\xbf", start):
-                raise BadInputError("data.json starts with a byte-order mark; expected plain UTF-8",
-                                    self.where)
-            if head[start] != 0x5B:  # "["
-                raise BadInputError("data.json is not a JSON array of row objects", self.where)
-            return head[start + 1 :]
-
-
-class _Scanner:
-    """The careful path: finds each row's end itself, so any layout works and errors have a byte."""
-
-    def __init__(self, parent: _Reader, buf: bytes, base: int, first: bool) -> None:
-        self.parent = parent
-        self.fmt = parent.fmt
-        self.where = parent.where
-        self.buf = buf
-        self.base = base  # file offset of buf[0]
-        self.pos = 0
-        self.first = first  # nothing since "[": a row or "]" may follow; else "," or "]"
-
-    def batches(self) -> Iterator[bytes]:
-        rows: list[Any] = []
-        expect_row = self.first
-        while True:
-            char = self._next()
-            at = self.base + self.pos
-            number = self.parent.count + len(rows) + 1
-            if expect_row:
-                if char == 0x7B:  # "{"
-                    start = self.pos
-                    element = self._element(number)
-                    rows.append(self.fmt.check(element, number, self.base + start))
-                    expect_row = False
-                elif char == 0x5D and self.first and not rows and not self.parent.count:  # "[]"
-                    break
-                elif char is None:
-                    raise BadInputError(f"data.json ends at byte {at} before its closing ']'; the "
-                                        "file is truncated", self.where)
-                elif char == 0x5D:
-                    raise BadInputError(f"data.json is not valid JSON at byte {at}: a ',' before "
-                                        "']' (trailing comma)", self.where)
-                else:
-                    raise BadInputError(f"row {number} of data.json (byte {at}) is not a JSON "
-                                        "object; expected a JSON array of row objects", self.where)
-            elif char == 0x2C:  # ","
-                self.pos += 1
-                expect_row = True
-                self.first = False
-            elif char == 0x5D:  # "]"
-                break
-            elif char is None:
-                raise BadInputError(f"data.json ends at byte {at} before its closing ']'; the file "
-                                    "is truncated", self.where)
-            else:
-                raise BadInputError(f"data.json is not valid JSON at byte {at}: expected ',' or ']' "
-                                    f"after row {number - 1}", self.where)
-            if len(rows) >= _BATCH_ROWS:
-                yield self._flush(rows)
-        self.pos += 1
-        if rows:
-            yield self._flush(rows)
-        if self._next() is not None:
-            raise BadInputError(f"data.json has content after its top-level array (byte "
-                                f"{self.base + self.pos})", self.where)
-
-    def _flush(self, rows: list[Any]) -> bytes:
-        lines = self.fmt.lines(rows, self.parent.count + 1)
-        self.parent.count += len(rows)
-        rows.clear()
-        return lines
-
-    def _more(self, keep: int) -> bool:
-        """Read another chunk, dropping what is before ``keep``; False at the end of the file."""
-        chunk = self.parent.reader.read(_CHUNK)
-        if not chunk:
-            return False
-        self.buf = self.buf[keep:] + chunk
-        self.base += keep
-        self.pos -= keep
-        return True
-
-    def _next(self) -> int | None:
-        """Skip whitespace; the next byte (not consumed), or None at the end of the file."""
-        while True:
-            self.pos = _WHITESPACE.match(self.buf, self.pos).end()  # type: ignore[union-attr]
-            if self.pos < len(self.buf):
-                return self.buf[self.pos]
-            if not self._more(self.pos):
-                return None
-
-    def _check_size(self, number: int, size: int, start: int) -> None:
-        if size > MAX_ROW_BYTES:
-            raise BadInputError(f"row {number} of data.json is larger than {MAX_ROW_BYTES:,} bytes "
-                                f"(it starts at byte {self.base + start})", self.where)
-
-    def _element(self, number: int) -> bytes:
-        """The bytes of the object starting at ``pos``, found by bracket depth outside strings."""
-        start, pos, depth = self.pos, self.pos, 0
-        while True:
-            match = _STRUCTURAL.search(self.buf, pos)
-            if match is None:
-                pos = len(self.buf)
-            else:
-                char = self.buf[match.start()]
-                if char == 0x22:
-                    end = _string_end(self.buf, match.start() + 1)
-                    if end >= 0:
-                        pos = end
-                        continue
-                    pos = match.start()  # rescan this string once more bytes have arrived
-                else:
-                    depth += 1 if char in b"[{" else -1
-                    pos = match.end()
-                    if depth == 0:
-                        self._check_size(number, pos - start, start)
-                        self.pos = pos
-                        return self.buf[start:pos]
-                    if depth > MAX_DEPTH + 1:
-                        raise BadInputError(f"row {number} of data.json nests deeper than "
-                                            f"{MAX_DEPTH} levels (byte {self.base + pos})", self.where)
-                    continue
-            self._check_size(number, len(self.buf) - start, start)  # all of it is this row so far
-            if not self._more(start):
-                raise BadInputError(f"data.json ends inside row {number} (byte {self.base + len(self.buf)}); "
-                                    "the file is truncated", self.where)
-            pos -= start
-            start = 0
-
-
 def _server_refused(exc: psycopg.Error, table: str, names: list[str], where: Where) -> BadInputError:
     """PostgreSQL's text quotes the value; keep only the SQLSTATE, the row and the column.
 
@@ -555,14 +157,14 @@ def load_table(
     names = list(types)
     if any("\x00" in part for part in (ingestion_id, source_file)):
         raise BadInputError("the ingestion id or source file name holds a NUL character", where)
-    batch = {"ingestion_id": ingestion_id, "client_name": manifest.client, "source_file": source_file}
-    for column, setting in _BATCH_SETTINGS.items():
-        conn.execute("select set_config(%s, %s, true)", (setting, batch[column]))
+    for column, value in (("ingestion_id", ingestion_id), ("client_name", manifest.client),
+                          ("source_file", source_file)):
+        conn.execute("select set_config(%s, %s, true)", (_BATCH_SETTINGS[column], value))
     copy_sql = sql.SQL(
         "copy {} (source_row, {}) from stdin with (null 'null')"
     ).format(ident(schema, manifest.table), sql.SQL(", ").join(ident(n) for n in names))
     reader = HashingReader(stream)
-    parser = _Reader(reader, _Rows(names, [types[n] in ("json", "jsonb") for n in names], where), where)
+    parser = RowStream(reader, RowFormat(names, [types[n] in ("json", "jsonb") for n in names], where), where)
     # PostgreSQL checks UTF-8 itself unless the database is SQL_ASCII.
     check_utf8 = conn.info.parameter_status("server_encoding") != "UTF8"
     refused = None
@@ -576,6 +178,12 @@ def load_table(
         refused = _server_refused(exc, manifest.table, names, where)
     if refused is not None:
         raise refused  # outside the handler: PostgreSQL's message (it quotes the value) is not chained
+    _verify(manifest, reader, parser.count, where)
+    return LoadResult(manifest.table, parser.count, reader.size, reader.sha256.hexdigest())
+
+
+def _verify(manifest: Manifest, reader: HashingReader, rows: int, where: Where) -> None:
+    """The bytes read and the rows parsed are exactly what the manifest declared."""
     digest = reader.sha256.hexdigest()
     if digest != manifest.sha256 or reader.size != manifest.byte_size:
         raise IntegrityError(
@@ -584,12 +192,8 @@ def load_table(
             "incomplete or corrupted, re-run the extractor",
             where,
         )
-    if parser.count != manifest.row_count:
-        raise IntegrityError(
-            f"row count mismatch: manifest says {manifest.row_count}, data.json holds {parser.count}",
-            where,
-        )
-    return LoadResult(manifest.table, parser.count, reader.size, digest)
+    if rows != manifest.row_count:
+        raise IntegrityError(f"row count mismatch: manifest says {manifest.row_count}, data.json holds {rows}", where)
 
 
 def _require_utf8(lines: bytes, where: Where) -> None:
@@ -598,3 +202,36 @@ def _require_utf8(lines: bytes, where: Where) -> None:
         lines.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInputError("data.json holds bytes that are not valid UTF-8", where) from None
+
+
+def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute("select to_regclass(%s)", (ident(schema, table).as_string(conn),)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def discard_batch(conn: psycopg.Connection[Any], schema: str, table: str, ingestion_id: str) -> None:
+    """Remove a batch's earlier attempt from a raw table (a retry replaces it, never another batch)."""
+    if table_exists(conn, schema, table):
+        conn.execute(sql.SQL("delete from {} where ingestion_id = %s").format(ident(schema, table)),
+                     (ingestion_id,))
+
+
+def delete_batches(conn: psycopg.Connection[Any], schema: str, tables: Iterable[str],
+                   ingestion_ids: list[str]) -> None:
+    """Retention: drop the raw rows of these batches (their JSON stays in the bucket)."""
+    for table in tables:
+        if ingestion_ids and table_exists(conn, schema, table):
+            conn.execute(sql.SQL("delete from {} where ingestion_id = any(%s)").format(ident(schema, table)),
+                         (ingestion_ids,))
+
+
+def batch_rows(conn: psycopg.Connection[Any], schema: str, table: str, key_column: str,
+               ingestion_id: str) -> tuple[int, int]:
+    """Rows of one batch in a raw table, and how many distinct non-blank keys they hold."""
+    row = conn.execute(
+        sql.SQL("select count(*), count(distinct nullif(trim({}::text), '')) from {} where ingestion_id = %s")
+        .format(ident(key_column), ident(schema, table)),
+        (ingestion_id,),
+    ).fetchone()
+    assert row is not None  # an aggregate always returns a row
+    return int(row[0]), int(row[1])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import smtplib
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
 
+from clientflow.batch import Batch
 from clientflow.errors import PipelineError
 
 KEPT = (
@@ -26,7 +26,7 @@ class Failure:
     airflow_run_id: str
     try_number: int
     client: str
-    batch: dict[str, Any]
+    batch: Batch | None
     exception: BaseException | None
     log_url: str | None = None
 
@@ -51,9 +51,10 @@ def safe_reason(exc: BaseException | None) -> str:
 
 def compose(failure: Failure) -> tuple[str, str]:
     b = failure.batch
-    day, run = b.get("date") or "?", b.get("run_id") or "(none complete yet)"
+    day = b.day.isoformat() if b else "?"
+    run = (b.run_id if b else None) or "(none complete yet)"
     subject = f"[clientflow] FAILED {failure.client} batch {day} run {run}: {failure.task_id}"
-    files = "\n".join(f"  - {key}" for key in b.get("files", [])) or "  (not yet resolved)"
+    files = "\n".join(f"  - {f.data_key}" for f in (b.files if b else ())) or "  (not yet resolved)"
     pipeline_error = ours(failure.exception)
     kept = pipeline_error.kept if pipeline_error is not None else KEPT
     body = f"""A clientflow batch failed and Airflow will not retry it further.
@@ -61,7 +62,7 @@ def compose(failure: Failure) -> tuple[str, str]:
 Client:        {failure.client}
 Batch date:    {day}
 Extractor run: {run}
-Ingestion id:  {b.get('ingestion_id', '(not assigned)')}
+Ingestion id:  {(b.ingestion_id if b else None) or '(not assigned)'}
 DAG / task:    {failure.dag_id} / {failure.task_id} (try {failure.try_number})
 Airflow run:   {failure.airflow_run_id}
 Source files:
@@ -74,7 +75,7 @@ What was kept:
   {kept}
 
 Next step: fix the cause, then clear the failed task in the Airflow UI (or trigger the DAG with
-batch_date={b.get('date') or 'YYYY-MM-DD'}{f" and run_id={b['run_id']}" if b.get('run_id') else ''}).
+batch_date={day if b else 'YYYY-MM-DD'}{f" and run_id={b.run_id}" if b and b.run_id else ''}).
 Log: {failure.log_url or '(see the Airflow UI)'}
 """
     return subject, body

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from clientflow.arrival.manifest import Manifest
+if TYPE_CHECKING:
+    from clientflow.arrival import ArrivedTable
 
 STATES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "DUPLICATE")
 DONE = ("SUCCESS", "DUPLICATE")
 
 
-def ingestion_id_for(client: str, day: str, job_ids: Sequence[str]) -> str:
+def ingestion_id_for(client: str, day: date, job_ids: Sequence[str]) -> str:
     """Same client, date and file contents -> same id, however often the extractor ran."""
-    text = "\0".join(["clientflow-batch-v1", client, day, *sorted(job_ids)])
+    text = "\0".join(["clientflow-batch-v1", client, day.isoformat(), *sorted(job_ids)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -36,7 +38,7 @@ def state_of(conn: psycopg.Connection[Any], ingestion_id: str) -> str | None:
 def record_batch(
     conn: psycopg.Connection[Any],
     ingestion_id: str,
-    manifests: Sequence[tuple[Manifest, str, str]],
+    tables: Sequence[ArrivedTable],
     *,
     dag_id: str | None,
     airflow_run_id: str | None,
@@ -46,7 +48,7 @@ def record_batch(
 
     ``fence_token`` is the client lock's token of the run taking the batch up.
     """
-    first = manifests[0][0]
+    first = tables[0].manifest
     conn.execute(
         """
         insert into pipeline.batches
@@ -59,7 +61,8 @@ def record_batch(
         """,
         (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id, fence_token),
     )
-    for manifest, data_key, manifest_key in manifests:
+    for arrived in tables:
+        manifest = arrived.manifest
         conn.execute(
             """
             insert into pipeline.jobs (job_id, ingestion_id, client_name, table_name, source_file,
@@ -68,8 +71,8 @@ def record_batch(
             on conflict (job_id, ingestion_id) do update
                 set source_file = excluded.source_file, manifest_file = excluded.manifest_file
             """,
-            (manifest.job_id, ingestion_id, manifest.client, manifest.table, data_key,
-             manifest_key, manifest.row_count, manifest.sha256),
+            (manifest.job_id, ingestion_id, manifest.client, manifest.table, arrived.files.data_key,
+             arrived.files.manifest_key, manifest.row_count, manifest.sha256),
         )
     _event(conn, ingestion_id, "PENDING", airflow_run_id, f"run_id={first.run_id}")
 
@@ -133,5 +136,39 @@ def history(conn: psycopg.Connection[Any], ingestion_id: str) -> list[str]:
         for row in conn.execute(
             "select state from pipeline.batch_events where ingestion_id = %s order by event_id",
             (ingestion_id,),
+        )
+    ]
+
+
+def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: str) -> list[str]:
+    """The client's batches of one date and extractor run that are still PENDING or PROCESSING."""
+    return [
+        row[0] for row in conn.execute(
+            "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
+            "and run_id = %s and state in ('PENDING', 'PROCESSING')",
+            (client, day, run_id),
+        )
+    ]
+
+
+def prunable(conn: psycopg.Connection[Any], client: str, keep: int) -> list[str]:
+    """Retention: batches older than the newest ``keep`` promoted ones, whose raw rows may go.
+
+    Raw data is a queue: everything from the oldest kept promoted batch on stays, so a failed or
+    unfinished newer batch never costs the last good one.
+    """
+    kept = conn.execute(
+        "select batch_date, created_at from pipeline.batches where client_name = %s "
+        "and state = 'SUCCESS' order by batch_date desc, created_at desc limit %s",
+        (client, keep),
+    ).fetchall()
+    if len(kept) < keep:
+        return []
+    oldest_date, oldest_created = kept[-1]
+    return [
+        row[0] for row in conn.execute(
+            "select ingestion_id from pipeline.batches where client_name = %s "
+            "and (batch_date, created_at) < (%s, %s)",
+            (client, oldest_date, oldest_created),
         )
     ]

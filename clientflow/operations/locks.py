@@ -12,12 +12,12 @@ The lock spans ingest -> transform -> validate -> promote of one batch; it is re
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import redis
 
+from clientflow.batch import ClientLock
 from clientflow.config import RedisSettings
 from clientflow.errors import PermanentError, TransientError, Where
 
@@ -44,13 +44,6 @@ class LockBusy(TransientError):
 
 class LockLost(PermanentError):
     """A newer run of the client took the lock over; this run must not write anything more."""
-
-
-@dataclass(frozen=True)
-class ClientLock:
-    client: str
-    token: int
-    holder: str
 
 
 def _client(settings: RedisSettings) -> redis.Redis:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from clientflow.entities import ENTITY_ORDER, PRIMARY_KEYS, business_columns, production_columns
+from clientflow.entities import ENTITY_ORDER, entity
 
 _SCHEMA = "practice"
 BATCH_DATE = "source_batch_date"
@@ -38,15 +38,12 @@ class PromotedCounts:
         return self.offered - self.inserted - self.updated - self.kept_newer
 
 
-def _columns(entity: str) -> tuple[str, ...]:
-    return production_columns(entity)
-
-
-def _upsert_sql(entity: str, staging_table: str) -> sql.Composed:
-    cols = _columns(entity)
-    keys = PRIMARY_KEYS[entity]
-    business = [c for c in business_columns(entity) if c not in keys]
-    target = sql.Identifier(_SCHEMA, entity)
+def _upsert_sql(name: str, staging_table: str) -> sql.Composed:
+    ours = entity(name)
+    cols = ours.production_columns
+    keys = ours.primary_key
+    business = [c for c in ours.business_columns if c not in keys]
+    target = sql.Identifier(_SCHEMA, name)
     col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
     updates = sql.SQL(", ").join(
         sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
@@ -73,14 +70,14 @@ def _upsert_sql(entity: str, staging_table: str) -> sql.Composed:
     )
 
 
-def _newer_in_production_sql(entity: str, staging_table: str) -> sql.Composed:
+def _newer_in_production_sql(name: str, staging_table: str) -> sql.Composed:
     """Rows of the batch that production already holds from a newer batch (left as they are)."""
-    keys = PRIMARY_KEYS[entity]
+    keys = entity(name).primary_key
     return sql.SQL(
         "select count(*) from {staging} i join {target} t using ({keys}) where t.{d} > i.{d}"
     ).format(
         staging=sql.Identifier(staging_table),
-        target=sql.Identifier(_SCHEMA, entity),
+        target=sql.Identifier(_SCHEMA, name),
         keys=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
         d=sql.Identifier(BATCH_DATE),
     )
@@ -94,25 +91,25 @@ def promote(
 ) -> list[PromotedCounts]:
     """Stream each entity's batch rows into production and upsert them; the caller commits."""
     results = []
-    for entity in ENTITY_ORDER:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(entity))
-        temp = f"incoming_{entity}"
+    for name in ENTITY_ORDER:
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in entity(name).production_columns)
+        temp = f"incoming_{name}"
         production.execute(
             sql.SQL("create temp table {} (like {} including defaults) on commit drop").format(
-                sql.Identifier(temp), sql.Identifier(_SCHEMA, entity)
+                sql.Identifier(temp), sql.Identifier(_SCHEMA, name)
             )
         )
         out_sql = sql.SQL(
             "copy (select {} from {} where client_id = {} and ingestion_id = {}) to stdout (format binary)"
-        ).format(cols, sql.Identifier(_SCHEMA, entity), sql.Literal(client), sql.Literal(ingestion_id))
+        ).format(cols, sql.Identifier(_SCHEMA, name), sql.Literal(client), sql.Literal(ingestion_id))
         in_sql = sql.SQL("copy {} ({}) from stdin (format binary)").format(sql.Identifier(temp), cols)
         with staging.cursor() as out_cur, production.cursor() as in_cur:
             with out_cur.copy(out_sql) as source, in_cur.copy(in_sql) as sink:
                 for chunk in source:
                     sink.write(chunk)
         offered = production.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(temp))).fetchone()[0]  # type: ignore[index]
-        kept_newer = production.execute(_newer_in_production_sql(entity, temp)).fetchone()[0]  # type: ignore[index]
-        flags = [row[0] for row in production.execute(_upsert_sql(entity, temp))]
+        kept_newer = production.execute(_newer_in_production_sql(name, temp)).fetchone()[0]  # type: ignore[index]
+        flags = [row[0] for row in production.execute(_upsert_sql(name, temp))]
         inserted = sum(1 for f in flags if f)
-        results.append(PromotedCounts(entity, offered, inserted, len(flags) - inserted, kept_newer))
+        results.append(PromotedCounts(name, offered, inserted, len(flags) - inserted, kept_newer))
     return results

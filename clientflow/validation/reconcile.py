@@ -8,16 +8,20 @@ and references on the same rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from clientflow.entities import ENTITY_ORDER, PRIMARY_KEYS
-from clientflow.errors import ValidationFailed, Where
+from clientflow.batch import Batch
+from clientflow.entities import ENTITY_ORDER, entity
+from clientflow.errors import ValidationFailed
 from clientflow.identifiers import ident, raw_schema
+from clientflow.load import raw
 from clientflow.mapping import ClientMapping
+
+DUMMY_PRODUCTION = "practice"
 
 
 @dataclass(frozen=True)
@@ -33,44 +37,35 @@ class EntityCounts:
         return self.raw_rows - self.distinct_keys
 
 
-def reconcile(
-    conn: psycopg.Connection[Any],
-    mapping: ClientMapping,
-    ingestion_id: str,
-    manifest_rows: dict[str, int],
-    where: Where,
-) -> list[EntityCounts]:
+def staged_rows(conn: psycopg.Connection[Any], entity_name: str, client: str, ingestion_id: str) -> int:
+    """Rows of the batch in the dummy production table of ``entity_name``."""
+    row = conn.execute(
+        sql.SQL("select count(*) from {} where client_id = %s and ingestion_id = %s").format(
+            ident(DUMMY_PRODUCTION, entity_name)),
+        (client, ingestion_id),
+    ).fetchone()
+    assert row is not None  # an aggregate always returns a row
+    return int(row[0])
+
+
+def reconcile(conn: psycopg.Connection[Any], mapping: ClientMapping, batch: Batch) -> list[EntityCounts]:
+    ingestion_id = batch.require_ingestion_id()
     results = []
-    for entity in ENTITY_ORDER:
-        spec = mapping.entities[entity]
-        key = PRIMARY_KEYS[entity][1]
-        key_source = spec.columns[key].source
-        raw_rows, distinct_keys = conn.execute(
-            sql.SQL(
-                "select count(*), count(distinct nullif(trim({}::text), '')) from {} "
-                "where ingestion_id = %s"
-            ).format(ident(key_source), ident(raw_schema(mapping.client), spec.source_table)),
-            (ingestion_id,),
-        ).fetchone()  # type: ignore[misc]
-        staged_rows = conn.execute(
-            sql.SQL("select count(*) from practice.{} where client_id = %s and ingestion_id = %s").format(
-                ident(entity)
-            ),
-            (mapping.client, ingestion_id),
-        ).fetchone()[0]  # type: ignore[index]
-        counts = EntityCounts(entity, manifest_rows[spec.source_table], raw_rows, distinct_keys, staged_rows)
-        entity_where = replace(where, table=spec.source_table)
+    for name in ENTITY_ORDER:
+        spec = mapping.entities[name]
+        key = entity(name).key
+        raw_rows, distinct_keys = raw.batch_rows(conn, raw_schema(mapping.client), spec.source_table,
+                                                 spec.columns[key].source, ingestion_id)
+        counts = EntityCounts(name, batch.rows_of(spec.source_table), raw_rows, distinct_keys,
+                              staged_rows(conn, name, mapping.client, ingestion_id))
+        where = batch.where(spec.source_table)
         if counts.raw_rows != counts.manifest_rows:
             raise ValidationFailed(
-                f"{entity}: raw table holds {counts.raw_rows} rows of this batch, the manifest "
-                f"declared {counts.manifest_rows}",
-                entity_where,
-            )
+                f"{name}: raw table holds {counts.raw_rows} rows of this batch, the manifest "
+                f"declared {counts.manifest_rows}", where)
         if counts.staged_rows != counts.distinct_keys:
             raise ValidationFailed(
-                f"{entity}: dummy production holds {counts.staged_rows} rows of this batch, expected "
-                f"one per distinct {key} ({counts.distinct_keys})",
-                entity_where,
-            )
+                f"{name}: dummy production holds {counts.staged_rows} rows of this batch, expected "
+                f"one per distinct {key} ({counts.distinct_keys})", where)
         results.append(counts)
     return results

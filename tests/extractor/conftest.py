@@ -25,7 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 BINARY = ROOT / "dist" / "client-extractor"
-SOURCES = [ROOT / "client_extractor" / n for n in ("extractor.py", "__main__.py", "__init__.py", "client-extractor.spec")]
+# every module of the package (sources/ included) and the spec: a change to any of them rebuilds the binary
+SOURCES = [*sorted((ROOT / "client_extractor").rglob("*.py")), ROOT / "client_extractor" / "client-extractor.spec"]
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 MARIA_ADMIN = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

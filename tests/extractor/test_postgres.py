@@ -9,6 +9,7 @@ loaders, which share no code with the extractor.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import math
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import sql
+
+from client_extractor import contract
 
 from .conftest import local_batch, pg_connect
 
@@ -363,8 +366,12 @@ def test_job_id_is_the_idempotency_key(pg_db: str, run_extractor: Any, tmp_path:
     expected = hashlib.sha256(b"clientflow-job-v1\0c\0t\x002026-01-02\0" + sha.encode()).hexdigest()[:32]
     assert manifests[0]["job_id"] == manifests[1]["job_id"] == expected
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", manifests[0]["extracted_at"])
-    assert list(manifests[0]) == ["format_version", "job_id", "client", "table", "schema", "date", "run_id", "extracted_at",
-                                  "extractor_version", "source_dialect", "row_count", "byte_size", "sha256", "data_file", "columns"]
+    # the keys, in order, are the contract's (the pipeline validates against it), and still the ones pinned here
+    assert list(manifests[0]) == list(contract.MANIFEST_FIELDS) == [
+        "format_version", "job_id", "client", "table", "schema", "date", "run_id", "extracted_at",
+        "extractor_version", "source_dialect", "row_count", "byte_size", "sha256", "data_file", "columns"]
+    assert [list(c) for c in manifests[0]["columns"]] == [list(contract.COLUMN_FIELDS)] * 2
+    assert manifests[0]["job_id"] == contract.job_id("c", "t", dt.date(2026, 1, 2), sha)
     with pg_connect(pg_db, autocommit=True) as conn:
         conn.execute("update t set name = 'changed' where id = 2")
     third = run_extractor("--source", src, "--client", "c", "--date", "2026-01-02", "--run-id", "three", "--output", str(out))

@@ -11,12 +11,7 @@ import json
 from datetime import UTC, date, datetime
 from typing import Any
 
-from clientflow.arrival.layout import DATA_FILE, MANIFEST_FILE, batch_key
-
-
-def job_id(client: str, table: str, day: date, sha: str) -> str:
-    text = "\0".join(["clientflow-job-v1", client, table, day.isoformat(), sha])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, job_id
 
 
 def manifest_for(client: str, table: str, day: date, run_id: str, data: bytes, rows: int,

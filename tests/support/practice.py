@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 
+from clientflow.arrival import batch_files
+from clientflow.batch import Batch
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger
 from tests.support.batches import job_id, manifest_for, put_table
@@ -75,8 +77,10 @@ class Practice:
 
     def write(self, day: date, run_id: str, data: dict[str, list[dict[str, Any]]], *,
               skip_manifest: tuple[str, ...] = (), skip_table: tuple[str, ...] = (),
-              encodings: dict[str, str] | None = None, corrupt: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Upload one run; returns the batch dict ``find_batch`` would return for it."""
+              encodings: dict[str, str] | None = None, corrupt: tuple[str, ...] = (),
+              mapping: ClientMapping | None = None) -> Batch:
+        """Upload one run; returns the batch ``find_batch`` would return for it (its files as the
+        given mapping, by default the standard test mapping, names them)."""
         s3 = self.settings.s3.client()
         for table, rows in data.items():
             if table in skip_table:
@@ -89,7 +93,8 @@ class Practice:
             put_table(s3, self.settings.s3.bucket, self.client, table, day, run_id, body,
                       None if table in skip_manifest else manifest)
         self.written.append((day, run_id))
-        return {"client": self.client, "date": day.isoformat(), "run_id": run_id}
+        mapping = mapping or mapping_for(self.client)
+        return Batch(client=self.client, day=day, run_id=run_id, files=batch_files(mapping, day, run_id))
 
 
 def ingestion_id(client: str, day: date, data: dict[str, list[dict[str, Any]]]) -> str:
@@ -97,7 +102,7 @@ def ingestion_id(client: str, day: date, data: dict[str, list[dict[str, Any]]]) 
     import hashlib
 
     jobs = [job_id(client, t, day, hashlib.sha256(json.dumps(rows).encode()).hexdigest()) for t, rows in data.items()]
-    return ledger.ingestion_id_for(client, day.isoformat(), jobs)
+    return ledger.ingestion_id_for(client, day, jobs)
 
 
 def production_rows(settings: Any, client: str, entity: str, *columns: str) -> dict[str, tuple[Any, ...]]:
@@ -122,12 +127,12 @@ def history(settings: Any, ingestion: str) -> list[str]:
         return ledger.history(conn, ingestion)
 
 
-def run_batch(settings: Any, mapping: ClientMapping, found: dict[str, Any], *, holder: str = "test") -> dict[str, Any]:
+def run_batch(settings: Any, mapping: ClientMapping, found: Batch, *, holder: str = "test") -> Batch:
     """ingest -> dbt -> validate -> promote, as the DAG would; returns the promoted batch."""
     from clientflow import pipeline
     from tests.support.transform import transform
 
-    batch = pipeline.ingest(settings, mapping, {**found, "files": []}, airflow_run_id=holder)
+    batch = pipeline.ingest(settings, mapping, found, airflow_run_id=holder)
     try:
         transform(settings, mapping, batch)
         pipeline.validate(settings, mapping, batch)

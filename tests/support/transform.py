@@ -27,10 +27,10 @@ class TransformFailed(Exception):
         self.output = output
 
 
-def transform(settings: Any, mapping: Any, batch: dict[str, Any]) -> None:
+def transform(settings: Any, mapping: Any, batch: Any) -> None:
     staging = settings.staging
-    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch["ingestion_id"], "batch_date": batch["date"],
-                "fence_token": batch["lock"]["token"]}
+    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch.ingestion_id, "batch_date": batch.day.isoformat(),
+                "fence_token": batch.lock.token}
     env = {
         **os.environ,
         "CLIENTFLOW_STAGING_HOST": staging.host,

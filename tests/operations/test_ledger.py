@@ -46,7 +46,7 @@ def test_failed_batch_is_retried_and_every_change_is_traced(settings: Any) -> No
     practice.write(DAY, run, data)
     batch = run_batch(settings, mapping, found, holder="manual__2")
 
-    events = _events(settings, batch["ingestion_id"])
+    events = _events(settings, batch.ingestion_id)
     assert [e[0] for e in events] == ["PENDING", "PROCESSING", "FAILED", "PENDING", "PROCESSING", "SUCCESS"]
     assert [e[2] for e in events] == ["scheduled__1"] * 3 + ["manual__2"] * 3
     assert [e[1] for e in events] == sorted(e[1] for e in events)
@@ -56,14 +56,14 @@ def test_failed_batch_is_retried_and_every_change_is_traced(settings: Any) -> No
     assert not _lock_held(settings, mapping.client)
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert conn.execute("select state, error from pipeline.batches where ingestion_id = %s",
-                            (batch["ingestion_id"],)).fetchone() == ("SUCCESS", None)
+                            (batch.ingestion_id,)).fetchone() == ("SUCCESS", None)
 
     # "It seemed stuck": the same content extracted again under a new run id is a duplicate.
     rerun = practice.write(DAY, "20260402T020000Z-again", data)
     with pytest.raises(DuplicateBatch):
         pipeline.ingest(settings, mapping, rerun, airflow_run_id="manual__3")
-    last = _events(settings, batch["ingestion_id"])[-1]
+    last = _events(settings, batch.ingestion_id)[-1]
     assert last[0] == "DUPLICATE" and last[2] == "manual__3"
     assert last[3] == [f.replace(run, "20260402T020000Z-again") for f in files]
-    assert locks.known_promoted(settings.redis, batch["ingestion_id"])
+    assert locks.known_promoted(settings.redis, batch.ingestion_id)
     assert not _lock_held(settings, mapping.client)

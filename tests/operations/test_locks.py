@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from clientflow import pipeline
+from clientflow.batch import Batch
 from clientflow.operations import locks
 from clientflow.operations.locks import LockBusy, LockLost
 from tests.support.practice import (
@@ -55,7 +56,7 @@ def test_second_run_waits_and_retries_after_the_first(settings: Any) -> None:
 
     with pytest.raises(LockBusy, match="another run holds this client's lock"):
         pipeline.ingest(settings, mapping, second, airflow_run_id="run_two")
-    assert set(raw_counts(settings, mapping.client, "person")) == {first["ingestion_id"]}
+    assert set(raw_counts(settings, mapping.client, "person")) == {first.ingestion_id}
 
     transform(settings, mapping, first)
     pipeline.validate(settings, mapping, first)
@@ -75,15 +76,15 @@ def test_concurrent_runs_never_interleave_writes(settings: Any) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(len(found))
 
-    def worker(batch: dict[str, Any]) -> None:
+    def worker(batch: Batch) -> None:
         start.wait()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                run_batch(settings, mapping, batch, holder=f"run_{batch['date']}")
+                run_batch(settings, mapping, batch, holder=f"run_{batch.day}")
                 return
             except LockBusy:
-                lost.append(batch["date"])
+                lost.append(batch.day.isoformat())
                 time.sleep(0.2)  # Airflow retries with backoff; the test, a little faster
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
@@ -124,10 +125,10 @@ def test_stale_holder_cannot_commit_its_promotion(settings: Any) -> None:
 
     assert production_rows(settings, mapping.client, "patients") == {}
     held = _redis(settings).get(_lock_key(settings, mapping.client))
-    assert held is not None and held.decode() == newer["lock"]["holder"]  # the stale run freed only its own
+    assert held is not None and held.decode() == newer.lock.holder  # the stale run freed only its own
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert conn.execute("select state from pipeline.batches where ingestion_id = %s",
-                            (stale["ingestion_id"],)).fetchone() == ("FAILED",)
+                            (stale.ingestion_id,)).fetchone() == ("FAILED",)
     pipeline.mark_failed(settings, newer, "test cleanup", airflow_run_id="takeover")
 
 
@@ -175,11 +176,11 @@ def test_same_run_again_takes_the_lock_over_and_fences_out_the_old_try(settings:
     found = Practice(settings, mapping.client).write(date(2026, 5, 25), "r1", tables(3, "again"))
     old_try = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__2026-05-25T00:00:00+00:00")
     new_try = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__2026-05-25T00:00:00+00:00")
-    assert new_try["lock"]["token"] > old_try["lock"]["token"]
+    assert new_try.lock.token > old_try.lock.token
 
     with pytest.raises(TransformFailed) as caught:
         transform(settings, mapping, old_try)
-    assert f"fencing token {old_try['lock']['token']} of client lock_again is stale" in caught.value.output
+    assert f"fencing token {old_try.lock.token} of client lock_again is stale" in caught.value.output
     assert _dummy_production_rows(settings, mapping.client) == 0
     with pytest.raises(LockLost, match="stale"):
         pipeline.promote(settings, mapping, old_try, airflow_run_id="old")
@@ -189,15 +190,15 @@ def test_same_run_again_takes_the_lock_over_and_fences_out_the_old_try(settings:
     pipeline.validate(settings, mapping, new_try)
     pipeline.promote(settings, mapping, new_try, airflow_run_id="new")
     assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Name2-again",)
-    assert raw_counts(settings, mapping.client, "person") == {new_try["ingestion_id"]: 3}
+    assert raw_counts(settings, mapping.client, "person") == {new_try.ingestion_id: 3}
     # The old try's failure did not overwrite the state of the batch the new try was processing.
-    assert history(settings, new_try["ingestion_id"]) == ["PENDING", "PROCESSING"] * 2 + ["SUCCESS"]
+    assert history(settings, new_try.ingestion_id) == ["PENDING", "PROCESSING"] * 2 + ["SUCCESS"]
 
 
 def test_lock_held_by_another_run_reschedules_instead_of_failing(settings: Any) -> None:
     from airflow.sdk.exceptions import AirflowRescheduleException
 
-    from clientflow.dag_factory import LOCK_WAIT, stage
+    from clientflow.airflow_edge import LOCK_WAIT, stage
 
     mapping = mapping_for("lock_resched")
     found = Practice(settings, mapping.client).write(date(2026, 5, 26), "r1", tables(2))
@@ -220,10 +221,10 @@ def test_dag_run_waits_for_the_lock_without_spending_a_retry(
     from airflow.models.taskreschedule import TaskReschedule
     from airflow.utils.session import create_session
 
-    from clientflow import dag_factory
+    from clientflow import airflow_edge
     from tests.support.dags import test_client_dag
 
-    monkeypatch.setattr(dag_factory, "LOCK_WAIT", timedelta(seconds=1))
+    monkeypatch.setattr(airflow_edge, "LOCK_WAIT", timedelta(seconds=1))
     mapping = mapping_for("lock_dag")
     Practice(settings, mapping.client).write(date(2026, 5, 27), "r1", tables(3, "dag"))
     with psycopg.connect(settings.staging.conninfo()) as conn:

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from clientflow.entities import MAPPABLE_COLUMNS
 from clientflow.mapping import ClientMapping, load_all, load_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +59,3 @@ def test_file_name_must_match_client(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must match the file name"):
         load_mapping(path)
 
-
-def test_production_tables_match_the_entities(settings: Any) -> None:
-    import psycopg
-
-    from clientflow.entities import production_columns
-
-    for target in (settings.production, settings.staging):  # dummy production replicates production
-        with psycopg.connect(target.conninfo()) as conn:
-            for entity in MAPPABLE_COLUMNS:
-                declared = [r[0] for r in conn.execute(
-                    "select column_name from information_schema.columns where table_schema = 'practice' "
-                    "and table_name = %s order by ordinal_position", (entity,))]
-                assert declared == list(production_columns(entity)), (target.dbname, entity)

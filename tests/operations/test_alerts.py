@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import psycopg
 import pytest
 
+from clientflow.batch import Batch, BatchFile
 from clientflow.db import describe_db_error
 from clientflow.errors import IntegrityError, Where
 from clientflow.operations import alerts
 
-BATCH = {"client": "ehrlogic", "date": "2026-11-22", "run_id": "20261122T010203Z-abc123",
-         "ingestion_id": "f" * 32, "files": ["client=ehrlogic/table=dim_patient/date=20261122/run_id=R/data.json"]}
+DATA_KEY = "client=ehrlogic/table=dim_patient/date=20261122/run_id=R/data.json"
+BATCH = Batch(client="ehrlogic", day=date(2026, 11, 22), run_id="20261122T010203Z-abc123", ingestion_id="f" * 32,
+              files=(BatchFile("dim_patient", DATA_KEY, DATA_KEY.replace("data.json", "manifest.json")),))
 
 
 def _failure(exc: BaseException) -> alerts.Failure:
@@ -24,7 +28,7 @@ def test_our_error_is_quoted_with_what_was_kept() -> None:
     wrapped.__cause__ = exc
     subject, body = alerts.compose(_failure(wrapped))
     assert "ehrlogic" in subject and "2026-11-22" in subject and "ingest" in subject
-    for needle in ("checksum mismatch", "table=dim_patient", "20261122T010203Z-abc123", BATCH["files"][0],
+    for needle in ("checksum mismatch", "table=dim_patient", "20261122T010203Z-abc123", DATA_KEY,
                    "nothing was committed for this batch"):
         assert needle in body
 
@@ -47,7 +51,7 @@ def test_database_errors_keep_names_drop_values(scratch_db: str) -> None:
 
 
 def test_a_batch_that_never_arrived_is_named_by_its_date() -> None:
-    planned = {"client": "ehrlogic", "date": "2026-11-22", "date_nodash": "20261122", "run_id": ""}
+    planned = Batch(client="ehrlogic", day=date(2026, 11, 22))
     failure = alerts.Failure(dag_id="client_ehrlogic", task_id="wait_for_batch", airflow_run_id="scheduled__1",
                              try_number=1, client="ehrlogic", batch=planned, exception=None)
     subject, body = alerts.compose(failure)

@@ -18,13 +18,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from clientflow.entities import ENTITY_ORDER, PRIMARY_KEYS, business_columns
+from clientflow.entities import ENTITIES
 from clientflow.mapping import load_all
 from tests.support.mail import read_mail
 from tests.support.oracle import expected_rows
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 DAY = date(2026, 11, 20)
 PATIENTS = 300
@@ -67,14 +67,14 @@ def extract(source_dsn: str, settings: Any, day: date, run_id: str | None = None
 def production_snapshot(settings: Any) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     out = {}
     with psycopg.connect(settings.production.conninfo()) as conn:
-        for entity in ENTITY_ORDER:
-            cols = business_columns(entity)
+        for entity in ENTITIES:
             cur = conn.execute(
-                sql.SQL("select {}, xmin::text as row_version from practice.{}").format(
-                    sql.SQL(", ").join(sql.Identifier(c) for c in cols), sql.Identifier(entity)))
+                sql.SQL("select {}, xmin::text as row_version from practice.{} where client_id = 'ehrlogic'").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in entity.business_columns),
+                    sql.Identifier(entity.name)))
             names = [d.name for d in cur.description or []]
             rows = [dict(zip(names, r, strict=True)) for r in cur]
-            out[entity] = {(r["client_id"], r[PRIMARY_KEYS[entity][1]]): r for r in rows}
+            out[entity.name] = {(r["client_id"], r[entity.key]): r for r in rows}
     return out
 
 
@@ -87,7 +87,8 @@ def run_dag(mapping: Any, conf: dict[str, Any]) -> Any:
 def ledger_events(settings: Any) -> list[tuple[str, str]]:
     with psycopg.connect(settings.staging.conninfo()) as conn:
         return conn.execute(
-            "select ingestion_id, state from pipeline.batch_events order by event_id").fetchall()
+            "select ingestion_id, e.state from pipeline.batch_events e join pipeline.batches b using (ingestion_id) "
+            "where b.client_name = 'ehrlogic' order by event_id").fetchall()
 
 
 def test_batch_reaches_production_exactly(mapping: Any, source_dsn: str, settings: Any,
@@ -99,7 +100,7 @@ def test_batch_reaches_production_exactly(mapping: Any, source_dsn: str, setting
     assert dag_run.state == "success"
     expected = expected_rows(mapping, source_dsn)
     actual = production_snapshot(settings)
-    for entity in ENTITY_ORDER:
+    for entity in (e.name for e in ENTITIES):
         assert set(actual[entity]) == set(expected[entity]), entity
         for key, want in expected[entity].items():
             got = {k: v for k, v in actual[entity][key].items() if k != "row_version"}
@@ -108,7 +109,8 @@ def test_batch_reaches_production_exactly(mapping: Any, source_dsn: str, setting
     states = [s for _, s in ledger_events(settings)]
     assert states == ["PENDING", "PROCESSING", "SUCCESS"]
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        files = conn.execute("select table_name, source_file from pipeline.jobs order by 1").fetchall()
+        files = conn.execute("select table_name, source_file from pipeline.jobs where client_name = 'ehrlogic' "
+                             "order by 1").fetchall()
     assert [t for t, _ in files] == sorted(mapping.source_tables)
     assert all(f"run_id={run_id}/data.json" in f for _, f in files)
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from clientflow import pipeline
-from clientflow.dag_factory import stage
+from clientflow.airflow_edge import stage
 from clientflow.errors import PermanentError, TransientError
 from tests.support.practice import Practice, mapping_for, production_rows, raw_counts, run_batch, tables
 from tests.support.transform import transform
@@ -54,7 +54,7 @@ def test_connection_killed_mid_load_is_retried_without_duplicates(settings: Any,
                               args=(admin_dsn, settings.staging.dbname, killed, stop))
     killer.start()
     try:
-        with pytest.raises(TransientError, match="ingest failed: PostgreSQL OperationalError"):
+        with pytest.raises(TransientError, match="PostgreSQL OperationalError"):
             stage(pipeline.ingest)(settings, mapping, found, airflow_run_id="try_1")
     finally:
         stop.set()
@@ -67,7 +67,7 @@ def test_connection_killed_mid_load_is_retried_without_duplicates(settings: Any,
     pipeline.validate(settings, mapping, batch)
     pipeline.promote(settings, mapping, batch, airflow_run_id="try_2")
 
-    assert raw_counts(settings, mapping.client, "person") == {batch["ingestion_id"]: BIG}
+    assert raw_counts(settings, mapping.client, "person") == {batch.ingestion_id: BIG}
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert conn.execute("select count(distinct source_row) from raw_fault_pg.person").fetchone()[0] == BIG
     patients = production_rows(settings, mapping.client, "patients", "last_name")
@@ -132,7 +132,7 @@ def test_s3_5xx_is_retried_with_backoff(settings: Any, flaky_s3: Any) -> None:
     batch = run_batch(through_proxy, mapping, found)
 
     assert handler.served_503 == 2
-    assert raw_counts(settings, mapping.client, "person") == {batch["ingestion_id"]: 5}
+    assert raw_counts(settings, mapping.client, "person") == {batch.ingestion_id: 5}
     assert len(production_rows(settings, mapping.client, "patients")) == 5
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from clientflow import pipeline
 from clientflow.arrival.batches import complete_runs, sensor_check
+from clientflow.batch import Batch
 from clientflow.errors import BadInputError, TransientError
 from tests.support.dags import test_client_dag
 from tests.support.practice import Practice, mapping_for, production_rows, run_batch, tables
@@ -30,8 +31,8 @@ def _sensor_for(mapping: Any, settings: Any, day: date, run_id: str = "") -> Any
     planned = pipeline.plan(mapping.client, day.isoformat(), run_id or None, None)
     sensor.bucket_name = settings.s3.bucket
     sensor.bucket_key = (sensor.bucket_key
-                         .replace("{{ ti.xcom_pull(task_ids='plan')['date_nodash'] }}", planned["date_nodash"])
-                         .replace("{{ ti.xcom_pull(task_ids='plan')['run_id'] or '*' }}", planned["run_id"] or "*"))
+                         .replace("{{ ti.xcom_pull(task_ids='plan')['date'] | replace('-', '') }}", f"{planned.day:%Y%m%d}")
+                         .replace("{{ ti.xcom_pull(task_ids='plan')['run_id'] or '*' }}", planned.run_id or "*"))
     assert "{{" not in sensor.bucket_key
     return sensor
 
@@ -57,13 +58,13 @@ def test_partial_upload_triggers_nothing(settings: Any) -> None:
     assert sensor.poke({}) is False
     assert complete_runs(settings.s3.client(), settings.s3.bucket, mapping, DAY) == []
     with pytest.raises(TransientError, match="no complete batch"):
-        pipeline.find_batch(settings, mapping, DAY, None)
+        pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY))
     assert _ledger_rows(settings, mapping.client) == 0
 
     # The first upload finishes: now, and only now, the batch is there, and it is that run.
     practice.write(DAY, "20260310T010000Z-a", data)
     assert sensor.poke({}) is True
-    assert pipeline.find_batch(settings, mapping, DAY, None)["run_id"] == "20260310T010000Z-a"
+    assert pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY)).run_id == "20260310T010000Z-a"
 
 
 def test_sensor_pinned_to_a_run_waits_for_that_run(settings: Any) -> None:
@@ -75,7 +76,7 @@ def test_sensor_pinned_to_a_run_waits_for_that_run(settings: Any) -> None:
     assert _sensor_for(mapping, settings, DAY).poke({}) is True
     assert _sensor_for(mapping, settings, DAY, "20260310T020000Z-half").poke({}) is False
     with pytest.raises(TransientError, match="not complete"):
-        pipeline.find_batch(settings, mapping, DAY, "20260310T020000Z-half")
+        pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY, "20260310T020000Z-half"))
     check = sensor_check(mapping)
     assert check([{"Key": f"client=arr_pinned/table=person/date=20260310/run_id=x/{f}"}
                   for f in ("data.json", "manifest.json")]) is False
@@ -84,8 +85,9 @@ def test_sensor_pinned_to_a_run_waits_for_that_run(settings: Any) -> None:
 @pytest.mark.parametrize(("batch_date", "run_id", "message"), [
     ("2026-13-01", None, "calendar date"),
     ("10/03/2026", None, "YYYY-MM-DD"),
-    ("2026-03-10", "../../etc", "run_id must match"),
-    ("2026-03-10", "x" * 81, "run_id must match"),
+    ("2026-03-10", "../../etc", "run_id must be"),
+    ("2026-03-10", "x" * 65, "run_id must be"),
+    ("2026-03-10", "manual:1", "run_id must be"),
 ])
 def test_dag_params_are_validated(batch_date: str, run_id: str | None, message: str) -> None:
     with pytest.raises(BadInputError, match=message):
@@ -94,7 +96,7 @@ def test_dag_params_are_validated(batch_date: str, run_id: str | None, message: 
 
 def test_plan_defaults_to_the_logical_date() -> None:
     planned = pipeline.plan("arr_params", None, None, datetime(2026, 3, 9, tzinfo=UTC))
-    assert planned == {"client": "arr_params", "date": "2026-03-09", "date_nodash": "20260309", "run_id": ""}
+    assert planned == Batch(client="arr_params", day=date(2026, 3, 9))
 
 
 def test_late_older_batch_never_overwrites_newer_rows(settings: Any) -> None:
@@ -116,7 +118,7 @@ def test_late_older_batch_never_overwrites_newer_rows(settings: Any) -> None:
     assert rows["P0"][1] == today and rows["P4"][1] == yesterday
     with psycopg.connect(settings.staging.conninfo()) as conn:
         detail = conn.execute("select detail from pipeline.batch_events where ingestion_id = %s "
-                              "and state = 'SUCCESS'", (late_batch["ingestion_id"],)).fetchone()[0]
+                              "and state = 'SUCCESS'", (late_batch.ingestion_id,)).fetchone()[0]
     assert "'kept_newer': 4" in detail
 
     # The next day's batch, with changed values, wins again.

@@ -15,8 +15,8 @@ import pytest
 from clientflow.arrival.manifest import parse_manifest
 from clientflow.errors import BadInputError, Where
 from clientflow.identifiers import IdentifierError, check_columns, check_identifier
-from tests.load.rawload import columns, extractor_layout, load, manifest, refused, stored
 from tests.support.batches import manifest_for
+from tests.support.rawload import columns, extractor_layout, load, manifest, refused, stored
 
 SECRET = "SECRET-91c2"
 NAME_63 = "c" * 63

@@ -26,7 +26,7 @@ def test_raw_batches_are_kept_until_newer_ones_are_promoted(settings: Any) -> No
     practice = Practice(settings, mapping.client)
     one = run_batch(settings, mapping, practice.write(date(2026, 7, 1), "r1", tables(3, "one")))
     two = run_batch(settings, mapping, practice.write(date(2026, 7, 2), "r2", tables(3, "two")))
-    assert raw_counts(settings, mapping.client, "person") == {one["ingestion_id"]: 3, two["ingestion_id"]: 3}
+    assert raw_counts(settings, mapping.client, "person") == {one.ingestion_id: 3, two.ingestion_id: 3}
 
     # A batch whose transformation fails (an unparseable date of birth): dbt stops it.
     broken = tables(4, "three")
@@ -36,7 +36,7 @@ def test_raw_batches_are_kept_until_newer_ones_are_promoted(settings: Any) -> No
         run_batch(settings, mapping, found)
     three = ingestion_id(mapping.client, date(2026, 7, 3), broken)
     assert raw_counts(settings, mapping.client, "person") == {
-        one["ingestion_id"]: 3, two["ingestion_id"]: 3, three: 4}
+        one.ingestion_id: 3, two.ingestion_id: 3, three: 4}
     assert production_rows(settings, mapping.client, "patients", "last_name")["P0"] == ("Name0-two",)
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert conn.execute("select state from pipeline.batches where ingestion_id = %s",
@@ -45,5 +45,5 @@ def test_raw_batches_are_kept_until_newer_ones_are_promoted(settings: Any) -> No
     # A newer batch is promoted: only then does the oldest promoted batch leave the raw tables.
     four = run_batch(settings, mapping, practice.write(date(2026, 7, 4), "r4", tables(3, "four")))
     assert raw_counts(settings, mapping.client, "person") == {
-        two["ingestion_id"]: 3, three: 4, four["ingestion_id"]: 3}
-    assert raw_counts(settings, mapping.client, "visit").keys() == {two["ingestion_id"], three, four["ingestion_id"]}
+        two.ingestion_id: 3, three: 4, four.ingestion_id: 3}
+    assert raw_counts(settings, mapping.client, "visit").keys() == {two.ingestion_id, three, four.ingestion_id}

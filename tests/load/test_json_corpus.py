@@ -58,16 +58,16 @@ def document_for(doc: bytes, mode: str) -> tuple[bytes, int]:
 
 def _child(dsn: str, names: list[str]) -> None:
     from clientflow.errors import BadInputError, IntegrityError
-    from clientflow.load import raw
-    from tests.load.rawload import columns, manifest
+    from clientflow.load import jsonrows, raw
+    from tests.support.rawload import columns, manifest
 
-    fast = (raw._ROW_END, raw._FAST_LIMIT)
+    fast = (jsonrows._ROW_END, jsonrows._FAST_LIMIT)
     with psycopg.connect(dsn) as conn:
         for name in names:
             doc = (CORPUS / name).read_bytes()
             for mode in MODES:
                 print(PREFIX + json.dumps({"start": name, "mode": mode}), flush=True)
-                raw._ROW_END, raw._FAST_LIMIT = (b"\x00never", -1) if mode == "cell-scanner" else fast
+                jsonrows._ROW_END, jsonrows._FAST_LIMIT = (b"\x00never", -1) if mode == "cell-scanner" else fast
                 data, rows = document_for(doc, mode)
                 result: dict[str, Any] = {"done": name, "mode": mode}
                 try:

@@ -1,6 +1,6 @@
 """The raw load on real PostgreSQL: values stored exactly, hostile files refused cleanly.
 
-Every refusal is checked the same way (tests/load/rawload.py): the error is ours
+Every refusal is checked the same way (tests/support/rawload.py): the error is ours
 (BadInputError or IntegrityError), names the client, table, run and file, shows none of the row
 values (each test puts marker strings in its rows), and nothing of the batch is committed.
 """
@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from clientflow.errors import BadInputError, IntegrityError
-from clientflow.load import raw
-from tests.load.rawload import (
+from clientflow.load import jsonrows, raw
+from tests.support.rawload import (
     SCHEMA,
     SOURCE,
     TinyReads,
@@ -57,8 +57,8 @@ def as_one_line(rows: list[dict[str, Any]]) -> bytes:
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test through the fast path, and again with every row found by the scanner."""
     if request.param == "scanner":
-        monkeypatch.setattr(raw, "_ROW_END", b"\x00never")
-        monkeypatch.setattr(raw, "_FAST_LIMIT", -1)
+        monkeypatch.setattr(jsonrows, "_ROW_END", b"\x00never")
+        monkeypatch.setattr(jsonrows, "_FAST_LIMIT", -1)
     return str(request.param)
 
 
@@ -242,14 +242,14 @@ def test_extra_or_missing_keys_are_refused(scratch_db: str, path: str, extra: st
 def test_deeply_nested_values_are_refused(scratch_db: str, path: str, depth: int) -> None:
     data = b'[\n{"a":"%s","b":%s}\n]\n' % (SECRET.encode(), b"[" * depth + b"]" * depth)
     error = refused(scratch_db, data, manifest(data, 1, AB), secrets=[SECRET])
-    assert f"deeper than {raw.MAX_DEPTH}" in error.message
+    assert f"deeper than {jsonrows.MAX_DEPTH}" in error.message
 
 
 def test_deep_nesting_in_a_jsonb_column_is_refused(scratch_db: str, path: str) -> None:
     data = b'[\n{"a":"%s","b":{"x":%s}}\n]\n' % (SECRET.encode(), b"[" * 100 + b"]" * 100)
     cols = columns("a") + columns("b", encoding="json")
     error = refused(scratch_db, data, manifest(data, 1, cols), secrets=[SECRET])
-    assert f"deeper than {raw.MAX_DEPTH}" in error.message
+    assert f"deeper than {jsonrows.MAX_DEPTH}" in error.message
 
 
 def test_nul_in_a_string_is_refused(scratch_db: str, path: str) -> None:
@@ -311,8 +311,8 @@ def test_invalid_json_error_names_the_byte(scratch_db: str, path: str) -> None:
 
 
 def test_an_oversized_row_is_refused(scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(raw, "MAX_ROW_BYTES", 4096)
-    monkeypatch.setattr(raw, "_FAST_LIMIT", 4096)
+    monkeypatch.setattr(jsonrows, "MAX_ROW_BYTES", 4096)
+    monkeypatch.setattr(jsonrows, "_FAST_LIMIT", 4096)
     data = b'[{"a":"%s","b":"%s"}]' % (SECRET.encode(), b"x" * 3 * (1 << 20))
     error = refused(scratch_db, data, manifest(data, 1, AB), secrets=[SECRET])
     assert "larger than" in error.message

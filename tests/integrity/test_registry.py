@@ -44,7 +44,7 @@ def test_renamed_mapped_column_stops_the_batch_before_dbt(settings: Any) -> None
     assert "mapped column 'patient_dob' (our patients.date_of_birth) is missing" in message
     assert "probably renamed to 'dob'" in message and "include/mappings/drift_rename.yaml" in message
     assert "table=person" in message and "stopped before transformation" in message
-    assert raw_counts(settings, mapping.client, "person") == {earlier["ingestion_id"]: 3}
+    assert raw_counts(settings, mapping.client, "person") == {earlier.ingestion_id: 3}
     assert _versions(settings, mapping.client) == versions
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert conn.execute("select count(*) from pipeline.batches where client_name = %s and batch_date = %s",
@@ -138,5 +138,5 @@ def test_new_column_evolves_into_the_raw_table(settings: Any) -> None:
     pipeline.mark_failed(settings, batch, "test cleanup", airflow_run_id="t")  # frees the lock
     with psycopg.connect(settings.staging.conninfo()) as conn:
         filled = conn.execute("select count(insurer) from raw_drift_evolve.person where ingestion_id = %s",
-                              (batch["ingestion_id"],)).fetchone()[0]
+                              (batch.ingestion_id,)).fetchone()[0]
     assert filled == 3

@@ -1,0 +1,103 @@
+"""Our target schema is declared once (clientflow/entities.py); every other place follows it.
+
+- the dbt models and their YAML are generated from it: the committed files must be current;
+- production.sql is written by hand: its catalog must equal that of tables built from the
+  declaration (columns, types, NOT NULL, primary and foreign keys, CHECKs, foreign-key indexes);
+- production and the staging replica (dummy production) hold exactly the declared columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from clientflow import bootstrap
+from clientflow.entities import CLIENT_KEY, ENTITIES, Column, Entity
+from clientflow.transform import generate
+
+
+def test_generated_dbt_files_are_current() -> None:
+    stale = generate.stale()
+    assert not stale, f"run `python -m clientflow.transform.generate`: {[p.name for p in stale]}"
+
+
+def test_generator_follows_the_declaration() -> None:
+    """A column added to the declaration appears in every generated layer (so a check can fail)."""
+    patients = next(e for e in ENTITIES if e.name == "patients")
+    grown = Entity(patients.name, patients.key, (*patients.columns, Column("shoe_size", "integer", clean="integer")),
+                   patients.description)
+    assert "clean_as('patients', 'shoe_size', 'integer') }} as shoe_size" in generate.staging_sql(grown)
+    assert "shoe_size" in generate.practice_sql(grown)
+    assert "shoe_size" in grown.production_columns
+
+
+def _column_ddl(column: Column) -> sql.Composable:
+    parts: list[sql.Composable] = [sql.Identifier(column.name), sql.SQL(column.sql_type)]
+    if column.required:
+        parts.append(sql.SQL("not null"))
+    if column.accepted:
+        parts.append(sql.SQL("check ({} in ({}))").format(
+            sql.Identifier(column.name), sql.SQL(", ").join(map(sql.Literal, column.accepted))))
+    if column.check:
+        parts.append(sql.SQL(f"check ({column.check})"))
+    return sql.SQL(" ").join(parts)
+
+
+def declared_ddl(entity: Entity) -> sql.Composable:
+    """The table the declaration describes (what production.sql must be equivalent to)."""
+    items = [_column_ddl(c) for c in entity.table_columns]
+    items.append(sql.SQL("primary key ({})").format(sql.SQL(", ").join(map(sql.Identifier, entity.primary_key))))
+    for fk in entity.parents:
+        items.append(sql.SQL("foreign key ({}, {}) references {} ({}, {})").format(
+            sql.Identifier(CLIENT_KEY), sql.Identifier(fk.column), sql.Identifier(fk.parent),
+            sql.Identifier(CLIENT_KEY), sql.Identifier(fk.column)))
+    create = sql.SQL("create table {} ({})").format(sql.Identifier(entity.name), sql.SQL(", ").join(items))
+    indexes = [sql.SQL("create index on {} ({}, {})").format(
+        sql.Identifier(entity.name), sql.Identifier(CLIENT_KEY), sql.Identifier(fk.column)) for fk in entity.parents]
+    return sql.SQL("; ").join([create, *indexes])
+
+
+def catalog(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, Any]:
+    oid = f'"{schema}"."{table}"'
+    columns = conn.execute(
+        "select attname, format_type(atttypid, atttypmod), attnotnull from pg_attribute "
+        "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum", (oid,)).fetchall()
+    constraints = conn.execute(
+        "select contype, pg_get_constraintdef(oid) from pg_constraint where conrelid = %s::regclass",
+        (oid,)).fetchall()
+    indexes = conn.execute(
+        "select array(select attname from unnest(i.indkey) with ordinality k(n, o) "
+        "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by o) "
+        "from pg_index i where i.indrelid = %s::regclass", (oid,)).fetchall()
+    return {
+        "columns": columns,
+        # A foreign key names its target's schema: compare without it.
+        "constraints": sorted((kind, text.replace(f"REFERENCES {schema}.", "REFERENCES ")) for kind, text in constraints),
+        "indexes": sorted(tuple(r[0]) for r in indexes),
+    }
+
+
+def test_production_ddl_matches_the_declaration(scratch_db: str) -> None:
+    with psycopg.connect(scratch_db) as conn:
+        bootstrap.apply_production_ddl(conn)
+        conn.execute("create schema declared")
+        conn.execute("set search_path to declared")
+        for entity in ENTITIES:
+            conn.execute(declared_ddl(entity))
+        conn.execute("reset search_path")
+        for entity in ENTITIES:
+            written = catalog(conn, "practice", entity.name)
+            declared = catalog(conn, "declared", entity.name)
+            assert written == declared, entity.name
+
+
+def test_production_and_dummy_production_hold_the_declared_columns(settings: Any) -> None:
+    for target in (settings.production, settings.staging):
+        with psycopg.connect(target.conninfo()) as conn:
+            for entity in ENTITIES:
+                found = [r[0] for r in conn.execute(
+                    "select column_name from information_schema.columns where table_schema = 'practice' "
+                    "and table_name = %s order by ordinal_position", (entity.name,))]
+                assert found == list(entity.production_columns), (target.dbname, entity.name)
