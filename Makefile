@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load clean
+.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load bench-parse clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -83,3 +83,6 @@ bench-extract: extractor
 bench-load: install
 	scripts/stack.sh services
 	$(VENV)/bin/python bench/bench_load.py
+
+bench-parse: install
+	$(VENV)/bin/python bench/bench_parse.py

@@ -4,23 +4,32 @@ Each task is one line that calls its body in :mod:`clientflow.airflow_edge`; the
 comes from :mod:`clientflow.transform.dbt_group`. Parsing reads the repository's mapping files
 and dbt manifest and nothing else: no network, no database, no Variables. Connections are read
 when tasks run.
+
+:func:`build_dags` builds every client's DAG, each file on its own: a malformed mapping becomes a
+placeholder DAG that names the file, the line and the field (its one task fails with the same
+message), and the other clients' DAGs are unaffected. A task process, which runs one task of one
+DAG, builds only that DAG (``get_parsing_context``).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, get_parsing_context, task
 
 from client_extractor.contract import RUN_ID
 from clientflow import airflow_edge as edge
 from clientflow.arrival.batches import sensor_check
-from clientflow.mapping import ClientMapping
+from clientflow.mapping import MAPPINGS_DIR, ClientMapping, MappingError, load_mapping, mapping_files
 from clientflow.transform.dbt_group import dbt_task_group
+
+log = logging.getLogger(__name__)
 
 DOC = (Path(__file__).with_name("DAG.md")).read_text(encoding="utf-8")
 _PLANNED = "ti.xcom_pull(task_ids='plan')"
@@ -107,3 +116,50 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
         planned >> wait >> found
         loaded >> transform >> validate(loaded) >> promote(loaded)  # type: ignore[arg-type]
     return dag
+
+
+def dag_id_for(path: Path) -> str:
+    """The DAG id of a mapping file (also for a file whose name is not a valid client name)."""
+    return "client_" + re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
+
+
+def broken_mapping_dag(dag_id: str, path: Path, error: Exception) -> DAG:
+    """Stands in for a client whose mapping cannot be used: says why, and fails if run."""
+    problems = error.problems if isinstance(error, MappingError) else []
+    reason = str(problems[0]) if problems else f"{path.name}: {type(error).__name__}: {error}"
+    listed = "\n".join(f"- `{p}`" for p in problems) or f"- `{reason}`"
+    with DAG(
+        dag_id=dag_id,
+        description=f"BROKEN MAPPING: {reason}"[:300],
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC")),
+        catchup=False,
+        tags=["clientflow", "broken-mapping"],
+        doc_md=f"### This client's mapping file cannot be used\n\n{listed}\n\nFix the file "
+               f"(`clientflow check-mapping {path.name}` prints the same), and the client's DAG returns.",
+    ) as dag:
+
+        @task(task_id="mapping_error", retries=0)
+        def mapping_error() -> None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"the mapping file cannot be used: {'; '.join(map(str, problems)) or reason}")
+
+        mapping_error()
+    return dag
+
+
+def build_dags(directory: Path = MAPPINGS_DIR) -> dict[str, DAG]:
+    """Every client's DAG by id, from the mapping files in ``directory``, sorted."""
+    wanted = get_parsing_context().dag_id
+    dags: dict[str, DAG] = {}
+    for path in mapping_files(directory):
+        dag_id = dag_id_for(path)
+        if wanted is not None and wanted != dag_id:
+            continue  # a task process of another DAG: skip this client's files entirely
+        try:
+            dags[dag_id] = build_client_dag(load_mapping(path))
+        except Exception as exc:  # noqa: BLE001 - one client's fault must not cost the others
+            log.error("client mapping %s cannot be used: %s", path.name, exc)
+            dags[dag_id] = broken_mapping_dag(dag_id, path, exc)
+    return dags

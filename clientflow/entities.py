@@ -17,6 +17,7 @@ Adding an entity: declare it here, add its DDL to ``production.sql``, run the ge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from client_extractor.contract import CLIENT_NAME
 
@@ -31,9 +32,9 @@ class Column:
     name: str
     sql_type: str
     """PostgreSQL type as production.sql declares it (``text``, ``date``, ``numeric(10,2)`` ...)."""
-    clean: str = "text"
-    """How a client's text becomes this type by default: text, email, phone, date, timestamptz,
-    integer, money, boolean (``dbt/macros/clean_as.sql``)."""
+    text_kind: Literal["email", "phone"] | None = None
+    """A text column whose values have a shape of their own: the mapping's ``email`` or ``phone``
+    rule applies by default."""
     required: bool = False
     """NOT NULL in production; a client must map it."""
     accepted: tuple[str, ...] = ()
@@ -117,9 +118,9 @@ ENTITIES: tuple[Entity, ...] = (
                              "ophthalmology", "other")),
             Column("npi", "text", check="npi ~ '^[0-9]{10}$'",
                    description="National Provider Identifier: ten digits."),
-            Column("email", "text", clean="email",
+            Column("email", "text", text_kind="email",
                    check="email = lower(email) and email like '%_@_%'"),
-            Column("active", "boolean", clean="boolean", required=True),
+            Column("active", "boolean", required=True),
         ),
     ),
     Entity(
@@ -130,15 +131,15 @@ ENTITIES: tuple[Entity, ...] = (
             Column("patient_id", "text", required=True, check=_NONEMPTY.format("patient_id")),
             Column("first_name", "text"),
             Column("last_name", "text", required=True, check=_NONEMPTY.format("last_name")),
-            Column("date_of_birth", "date", clean="date",
+            Column("date_of_birth", "date",
                    check="date_of_birth between date '1890-01-01' and date '2100-01-01'"),
             Column("sex", "text", required=True, accepted=("female", "male", "other", "unknown")),
-            Column("email", "text", clean="email",
+            Column("email", "text", text_kind="email",
                    check="email = lower(email) and email like '%_@_%'"),
-            Column("phone", "text", clean="phone", check="phone ~ '^\\+?[0-9]{7,15}$'",
+            Column("phone", "text", text_kind="phone", check="phone ~ '^\\+?[0-9]{7,15}$'",
                    description="Digits with an optional leading +."),
             Column("postal_code", "text"),
-            Column("created_at", "timestamptz", clean="timestamptz"),
+            Column("created_at", "timestamptz"),
         ),
     ),
     Entity(
@@ -149,15 +150,36 @@ ENTITIES: tuple[Entity, ...] = (
             Column("appointment_id", "text", required=True, check=_NONEMPTY.format("appointment_id")),
             Column("patient_id", "text", required=True),
             Column("provider_id", "text", required=True),
-            Column("starts_at", "timestamptz", clean="timestamptz", required=True),
-            Column("duration_minutes", "integer", clean="integer", required=True,
+            Column("starts_at", "timestamptz", required=True),
+            Column("duration_minutes", "integer", required=True,
                    check="duration_minutes between 5 and 480"),
             Column("status", "text", required=True,
                    accepted=("scheduled", "completed", "cancelled", "no_show")),
             Column("reason", "text"),
-            Column("fee", "numeric(10, 2)", clean="money", check="fee >= 0"),
+            Column("fee", "numeric(10, 2)", check="fee >= 0"),
         ),
         parents=(ForeignKey("patient_id", "patients"), ForeignKey("provider_id", "providers")),
+    ),
+    Entity(
+        name="procedures",
+        key="procedure_id",
+        description="Procedures performed at an appointment: a CDT (dental) or CPT (medical, eye care) code.",
+        columns=(
+            Column("procedure_id", "text", required=True, check=_NONEMPTY.format("procedure_id")),
+            Column("appointment_id", "text", required=True),
+            Column("code_system", "text", required=True, accepted=("cdt", "cpt"),
+                   description="cdt: ADA dental codes (D0120); cpt: AMA codes (92004)."),
+            Column("code", "text", required=True,
+                   check="(code_system = 'cdt' and code ~ '^D[0-9]{4}$') or "
+                         "(code_system = 'cpt' and code ~ '^[0-9]{4}[0-9A-Z]$')",
+                   description="The procedure code in its code system."),
+            Column("tooth", "text", check="tooth ~ '^([1-9]|[12][0-9]|3[0-2]|[A-T])$'",
+                   description="Universal tooth number (1-32, A-T for primary teeth), for dental procedures."),
+            Column("eye", "text", accepted=("right", "left", "both"),
+                   description="The eye treated, for eye-care procedures."),
+            Column("fee", "numeric(10, 2)", check="fee >= 0"),
+        ),
+        parents=(ForeignKey("appointment_id", "appointments"),),
     ),
 )
 """In foreign-key order: parents before the entities that reference them."""

@@ -170,10 +170,10 @@ def validate(settings: PipelineSettings, mapping: ClientMapping, batch: Batch) -
     with connect(settings.staging, batch.where(), "validating") as conn:
         counts = reconcile(conn, mapping, batch)
     for c in counts:
-        log.info("[%s] %s: %d raw rows, %d distinct keys, %d in dummy production (%d duplicates collapsed)",
-                 batch.where().describe(), c.entity, c.raw_rows, c.distinct_keys, c.staged_rows,
-                 c.duplicates_collapsed)
-    return {c.entity: c.staged_rows for c in counts}
+        log.info("[%s] %s: %d raw rows, %d in dummy production (%d duplicates collapsed, %d refused)",
+                 batch.where().describe(), c.entity, c.raw_rows, c.promoted_rows, c.duplicates_collapsed,
+                 c.refused_rows)
+    return {c.entity: c.promoted_rows for c in counts}
 
 
 def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
@@ -188,7 +188,7 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
     with connect(settings.staging, batch.where(), "promoting (staging)") as staging:
         locks.check(staging, lock)
         with connect(settings.production, batch.where(), "promoting (production)") as production:
-            counts = promote_rows(staging, production, mapping.client, ingestion_id)
+            counts = promote_rows(staging, production, mapping.client, ingestion_id, mapping.entities)
             production.commit()
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
                               "kept_newer": c.kept_newer, "unchanged": c.unchanged} for c in counts}

@@ -1,7 +1,5 @@
 """One Airflow DAG per client mapping file in include/mappings/ (see clientflow.dag_factory)."""
 
-from clientflow.dag_factory import build_client_dag
-from clientflow.mapping import load_all
+from clientflow.dag_factory import build_dags
 
-for _mapping in load_all():
-    globals()[f"client_{_mapping.client}"] = build_client_dag(_mapping)
+globals().update(build_dags())

@@ -53,13 +53,32 @@ def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["client_ehrlogic"]
     ids = {t.task_id for t in dag.tasks}
     assert {"plan", "wait_for_batch", "find_batch", "ingest", "validate", "promote"} <= ids
-    assert {"transform.patients.run", "transform.patients.test", "transform.appointments.run"} <= ids
+    # one task per dbt model: its `dbt build` (the model, then its tests)
+    builds = {f"transform.{m}_model_build" for e in ("providers", "patients", "appointments", "procedures")
+              for m in (e, f"stg_{e}")}
+    assert builds <= ids
     wait = dag.get_task("wait_for_batch")
     assert wait.deferrable
     # Appointments are merged only after the patients and providers they reference passed their tests.
-    upstream = dag.get_task("transform.appointments.run").upstream_task_ids
-    assert {"transform.patients.test", "transform.providers.test"} <= upstream
+    upstream = dag.get_task("transform.appointments_model_build").upstream_task_ids
+    assert {"transform.patients_model_build", "transform.providers_model_build"} <= upstream
     assert dag.get_task("promote").upstream_task_ids == {"validate", "ingest"}
+
+
+def test_the_dbt_graph_is_read_once_and_every_dag_gets_its_own_copy() -> None:
+    from clientflow.dag_factory import build_client_dag
+    from clientflow.mapping import load_all
+    from clientflow.transform.dbt_group import _ManifestGraph
+
+    _ManifestGraph._loaded.clear()
+    first = build_client_dag(load_all()[0])
+    second = build_client_dag(load_all()[0])
+    assert len(_ManifestGraph._loaded) == 1
+    shape = lambda dag: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}  # noqa: E731
+    assert shape(first) == shape(second)
+    group, again = first.task_group.children["transform"], second.task_group.children["transform"]
+    assert group.dbt_graph.nodes == again.dbt_graph.nodes
+    assert group.dbt_graph.nodes is not again.dbt_graph.nodes  # a copy per DAG
 
 
 _NO_IO = r"""
@@ -85,3 +104,72 @@ def test_parsing_makes_no_network_or_database_call() -> None:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "client_ehrlogic" in done.stdout
+
+
+_BAG = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+print("RESULT " + json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dags": {d: {"tags": sorted(dag.tags), "description": dag.description, "doc": dag.doc_md or "",
+                 "tasks": len(dag.tasks)} for d, dag in bag.dags.items()},
+}))
+"""
+
+
+def _parse(mappings: Path, only: str | None = None) -> dict:  # type: ignore[type-arg]
+    import json
+
+    env = {**os.environ, "CLIENTFLOW_MAPPINGS_DIR": str(mappings)}
+    if only:
+        env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = only
+    done = subprocess.run([sys.executable, "-c", _BAG, str(DAGS)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def three_clients(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha and gamma are fine; beta's file has a typo in a field name on line 12."""
+    folder = tmp_path_factory.mktemp("mappings")
+    text = (ROOT / "include" / "mappings" / "ehrlogic.yaml").read_text()
+    for client in ("alpha", "beta", "gamma"):
+        body = text.replace("client: ehrlogic", f"client: {client}")
+        if client == "beta":
+            body = body.replace("raw_retention_batches: 2", "raw_retension_batches: 2")
+        (folder / f"{client}.yaml").write_text(body)
+    return folder
+
+
+def test_a_malformed_mapping_costs_only_its_own_client(three_clients: Path) -> None:
+    parsed = _parse(three_clients)
+    assert parsed["errors"] == {}
+    assert sorted(parsed["dags"]) == ["client_alpha", "client_beta", "client_gamma"]
+    assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] > 10
+    beta = parsed["dags"]["client_beta"]
+    line = next(i for i, x in enumerate((three_clients / "beta.yaml").read_text().splitlines(), 1) if "retension" in x)
+    assert "broken-mapping" in beta["tags"] and beta["tasks"] == 1
+    assert f"beta.yaml:{line}: raw_retension_batches: Extra inputs are not permitted" in beta["description"]
+    assert "raw_retension_batches" in beta["doc"] and "clientflow check-mapping beta.yaml" in beta["doc"]
+
+
+def test_a_task_process_builds_only_its_own_dag(three_clients: Path) -> None:
+    assert sorted(_parse(three_clients, only="client_gamma")["dags"]) == ["client_gamma"]
+
+
+def test_the_placeholder_fails_with_the_mapping_error(three_clients: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from clientflow.dag_factory import broken_mapping_dag
+    from clientflow.mapping import MappingError, load_mapping
+
+    path = three_clients / "beta.yaml"
+    with pytest.raises(MappingError) as error:
+        load_mapping(path)
+    dag = broken_mapping_dag("client_beta", path, error.value)
+    task = dag.get_task("mapping_error")
+    with pytest.raises(AirflowFailException, match="raw_retension_batches: Extra inputs are not permitted"):
+        task.python_callable()  # type: ignore[attr-defined]

@@ -26,9 +26,9 @@ def test_generated_dbt_files_are_current() -> None:
 def test_generator_follows_the_declaration() -> None:
     """A column added to the declaration appears in every generated layer (so a check can fail)."""
     patients = next(e for e in ENTITIES if e.name == "patients")
-    grown = Entity(patients.name, patients.key, (*patients.columns, Column("shoe_size", "integer", clean="integer")),
+    grown = Entity(patients.name, patients.key, (*patients.columns, Column("shoe_size", "integer")),
                    patients.description)
-    assert "clean_as('patients', 'shoe_size', 'integer') }} as shoe_size" in generate.staging_sql(grown)
+    assert "shoe_size" in generate.staging_sql(grown)
     assert "shoe_size" in generate.practice_sql(grown)
     assert "shoe_size" in grown.production_columns
 
@@ -40,14 +40,13 @@ def _column_ddl(column: Column) -> sql.Composable:
     if column.accepted:
         parts.append(sql.SQL("check ({} in ({}))").format(
             sql.Identifier(column.name), sql.SQL(", ").join(map(sql.Literal, column.accepted))))
-    if column.check:
-        parts.append(sql.SQL(f"check ({column.check})"))
     return sql.SQL(" ").join(parts)
 
 
 def declared_ddl(entity: Entity) -> sql.Composable:
     """The table the declaration describes (what production.sql must be equivalent to)."""
     items = [_column_ddl(c) for c in entity.table_columns]
+    items += [sql.SQL(f"check ({c.check})") for c in entity.table_columns if c.check]
     items.append(sql.SQL("primary key ({})").format(sql.SQL(", ").join(map(sql.Identifier, entity.primary_key))))
     for fk in entity.parents:
         items.append(sql.SQL("foreign key ({}, {}) references {} ({}, {})").format(

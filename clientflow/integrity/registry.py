@@ -75,26 +75,33 @@ def diff(previous: list[dict[str, Any]], manifest: Manifest) -> Drift:
 
 def check_mapped_columns(mapping: ClientMapping, manifest: Manifest, where: Where) -> None:
     """Every column the mapping reads must be in the batch; otherwise stop before dbt."""
-    entity = mapping.entity_for_table(manifest.table)
+    spec = mapping.tables[manifest.table]
     present = [c.name for c in manifest.columns]
-    for ours, spec in mapping.entities[entity].columns.items():
-        if spec.source not in present:
-            guess = _guess(spec.source, [p for p in present if p not in _mapped_sources(mapping, entity)])
+    read = _mapped_sources(mapping, manifest.table)
+    for ours, rules in spec.columns.items():
+        for source in rules.sources:
+            if source in present:
+                continue
+            guess = _guess(source, [p for p in present if p not in read])
             hint = (
                 f"; it was probably renamed to {guess!r}: update include/mappings/{mapping.client}.yaml"
                 if guess
                 else "; update the mapping or ask the client to restore it"
             )
             raise DriftError(
-                f"mapped column {spec.source!r} (our {entity}.{ours}) is missing from the batch{hint}",
+                f"mapped column {source!r} (our {spec.entity}.{ours}) is missing from the batch{hint}",
                 where,
                 kept="the batch was stopped before transformation; production and earlier raw "
                 "batches are untouched",
             )
+    by = spec.duplicates.by
+    if by is not None and by not in present:
+        raise DriftError(f"column {by!r}, which orders the duplicates of {manifest.table}, is missing from "
+                         "the batch", where, kept="the batch was stopped before transformation")
 
 
-def _mapped_sources(mapping: ClientMapping, entity: str) -> set[str]:
-    return {c.source for c in mapping.entities[entity].columns.values()}
+def _mapped_sources(mapping: ClientMapping, table: str) -> set[str]:
+    return {s for rules in mapping.tables[table].columns.values() for s in rules.sources}
 
 
 def register(

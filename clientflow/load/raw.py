@@ -225,13 +225,11 @@ def delete_batches(conn: psycopg.Connection[Any], schema: str, tables: Iterable[
                          (ingestion_ids,))
 
 
-def batch_rows(conn: psycopg.Connection[Any], schema: str, table: str, key_column: str,
-               ingestion_id: str) -> tuple[int, int]:
-    """Rows of one batch in a raw table, and how many distinct non-blank keys they hold."""
-    row = conn.execute(
-        sql.SQL("select count(*), count(distinct nullif(trim({}::text), '')) from {} where ingestion_id = %s")
-        .format(ident(key_column), ident(schema, table)),
-        (ingestion_id,),
-    ).fetchone()
+def batch_rows(conn: psycopg.Connection[Any], schema: str, table: str, ingestion_id: str) -> int:
+    """Rows of one batch in a raw table (0 if the table does not exist)."""
+    if not table_exists(conn, schema, table):
+        return 0
+    row = conn.execute(sql.SQL("select count(*) from {} where ingestion_id = %s").format(ident(schema, table)),
+                       (ingestion_id,)).fetchone()
     assert row is not None  # an aggregate always returns a row
-    return int(row[0]), int(row[1])
+    return int(row[0])

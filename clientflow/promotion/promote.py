@@ -13,6 +13,7 @@ and the transaction commits once: all of the batch lands, or none of it does.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +89,12 @@ def promote(
     production: psycopg.Connection[Any],
     client: str,
     ingestion_id: str,
+    entities: Iterable[str] = ENTITY_ORDER,
 ) -> list[PromotedCounts]:
-    """Stream each entity's batch rows into production and upsert them; the caller commits."""
+    """Stream each entity's batch rows into production and upsert them, parents first; the
+    caller commits."""
     results = []
-    for name in ENTITY_ORDER:
+    for name in (e for e in ENTITY_ORDER if e in set(entities)):
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in entity(name).production_columns)
         temp = f"incoming_{name}"
         production.execute(

@@ -55,6 +55,13 @@ create table fact_appointment (
     reason_txt     text,
     fee_amt        numeric(10, 2)
 );
+create table fact_procedure (
+    proc_id        bigint primary key,
+    appt_id        bigint not null references fact_appointment (appt_id),
+    cdt_code       text not null,
+    tooth_num      text,
+    proc_fee       numeric(10, 2)
+);
 """
 
 _FIRST = "array['Ana','Ben','Chloe','Dmitri','Elena','Farid','Grace','Hiro','Ines','Jamal'," \
@@ -101,7 +108,7 @@ select i,
        (array['NY','NJ','CT','PA','MA'])[1 + i %% 5],
        case when i %% 11 = 0 then ' ' || lpad((i %% 100000)::text, 5, '0')
             else lpad((i %% 100000)::text, 5, '0') end,
-       timestamp '2015-01-01 08:00' + make_interval(mins => (i * 7919) %% 5000000),
+       timestamp '2015-01-01 08:00' + make_interval(mins => ((i::bigint * 7919) %% 5000000)::int),
        case when i %% 6 = 0 then null else ((i * 37) %% 100000) / 100.0 end
 from generate_series(1, %(patients)s) as i
 """
@@ -111,7 +118,7 @@ insert into fact_appointment
 select a,
        1 + (a * 7) %% %(patients)s,
        1 + (a * 13) %% %(providers)s,
-       timestamptz '2024-01-01 09:00+00' + make_interval(mins => 15 * ((a * 104729) %% 70000)),
+       timestamptz '2024-01-01 09:00+00' + make_interval(mins => 15 * ((a::bigint * 104729) %% 70000)::int),
        (array[15, 30, 30, 45, 60, 90])[1 + a %% 6],
        (array['Completed','CANCELED','No Show','Booked',' booked ','Done','cancelled'])[1 + a %% 7],
        case when a %% 4 = 0 then null
@@ -121,12 +128,30 @@ select a,
 from generate_series(1, %(appointments)s) as a
 """
 
+# Every other appointment has a procedure: codes in ADA's CDT, sometimes lower-cased; a tooth
+# (padded with spaces now and then) for restorative codes, none for exams and cleanings.
+_PROCEDURES = """
+insert into fact_procedure
+select p,
+       2 * p,
+       case when p %% 13 = 0 then lower(c.code) else c.code end,
+       case when c.tooth then (case when p %% 5 = 0 then ' ' else '' end) || (1 + p %% 32)::text end,
+       case when p %% 9 = 0 then null else c.fee + (p %% 7) * 5 end
+from generate_series(1, %(procedures)s) as p
+cross join lateral (
+    select (array['D0120','D1110','D0274','D2391','D2740','D7140','D0150'])[1 + p %% 7] as code,
+           (1 + p %% 7) in (4, 5, 6) as tooth,
+           (array[55, 110, 70, 160, 1150, 240, 95])[1 + p %% 7]::numeric as fee
+) as c
+"""
+
 
 def sizes(patients: int) -> dict[str, int]:
     return {
         "patients": patients,
         "providers": max(5, patients // 200),
         "appointments": patients * 2,
+        "procedures": patients,
     }
 
 
@@ -145,6 +170,7 @@ def create(admin_dsn: str, database: str, patients: int) -> dict[str, int]:
         conn.execute(_PROVIDERS, counts)
         conn.execute(_PATIENTS, counts)
         conn.execute(_APPOINTMENTS, counts)
+        conn.execute(_PROCEDURES, counts)
         conn.execute(sql.SQL("grant select on all tables in schema public to {}").format(
             sql.Identifier(READER_ROLE)))
         conn.execute("analyze")

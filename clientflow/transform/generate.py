@@ -12,6 +12,7 @@ same client). No client field name is written here: the mapping reaches the mode
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -31,41 +32,28 @@ def _columns(names: tuple[str, ...], indent: int) -> str:
     return f",\n{' ' * indent}".join(names)
 
 
+def _declaration(entity: Entity) -> str:
+    """Our columns as the staging macro takes them: a Jinja list literal (JSON is valid Jinja)."""
+    items = []
+    for c in entity.columns:
+        item: dict[str, Any] = {"name": c.name, "sql_type": c.sql_type}
+        if c.accepted:
+            item["accepted"] = list(c.accepted)
+        if c.check:
+            item["check"] = c.check
+        items.append("        " + json.dumps(item))
+    return "[\n" + ",\n".join(items) + "\n    ]"
+
+
 def staging_sql(entity: Entity) -> str:
-    cleaned = "".join(
-        f"        {{{{ clean_as('{entity.name}', '{c.name}', '{c.clean}') }}}} as {c.name},\n"
-        for c in entity.columns
-    )
-    columns = _columns((CLIENT_KEY, *entity.column_names, "ingestion_id"), 8)
     return f"""-- {HEADER}
-with source as (
-    select * from {{{{ source('client_raw', '{entity.name}') }}}}
-    where ingestion_id = {{{{ sql_literal(var('ingestion_id')) }}}}
-),
-
-renamed as (
-    select
-        {{{{ sql_literal(var('client')) }}}}::text as {CLIENT_KEY},
-{cleaned}        ingestion_id,
-        source_row
-    from source
-),
-
-deduped as (
-    select
-        *,
-        row_number() over (partition by {entity.key} order by source_row desc) as occurrence
-    from renamed
-),
-
-final as (
-    select
-        {columns}
-    from deduped
-    where occurrence = 1
-)
-
-select * from final
+-- The batch's {entity.name} from every client table that feeds them (the mapping, as dbt vars),
+-- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging).
+{{{{ staging_model(
+    '{entity.name}',
+    '{entity.key}',
+    {_declaration(entity)}
+) }}}}
 """
 
 
@@ -79,6 +67,7 @@ def practice_sql(entity: Entity) -> str:
 {order}{parents}
 with staged as (
     select * from {{{{ ref('stg_{entity.name}') }}}}
+    where occurrence = 1 and not has_error
 ),
 
 final as (
@@ -135,6 +124,22 @@ class _Dumper(yaml.SafeDumper):
         return True  # write each test's config out in full, not as &id001 anchors
 
 
+def _staging_yaml(entity: Entity) -> dict[str, Any]:
+    return {
+        "name": f"stg_{entity.name}",
+        "description": f"The batch's {entity.name}, mapped, cleaned and typed, one row per client row.",
+        "data_tests": [{"no_rejected_values": {"arguments": {"columns": list(entity.column_names)}}}],
+        "columns": [
+            *({"name": c.name, "description": c.description} if c.description else {"name": c.name}
+              for c in entity.columns),
+            {"name": "has_error", "description": "Some column's value was refused (see <column>__error)."},
+            {"name": "occurrence", "description": "1 for the row kept among the duplicates of its key."},
+            {"name": "source_table", "description": "The client table the row came from."},
+            {"name": "source_row", "description": "Its position in the table's data.json (from 1)."},
+        ],
+    }
+
+
 def _yaml(comment: str, data: dict[str, Any]) -> str:
     lines = textwrap.wrap(comment, 98)
     head = "".join(f"# {line}\n" for line in [HEADER, *lines])
@@ -153,29 +158,11 @@ def render() -> dict[Path, str]:
         {"version": 2, "models": [_model_yaml(e) for e in ENTITIES]},
     )
     files[DBT_DIR / "models" / "staging" / "_staging.yml"] = _yaml(
-        "The batch's rows in our shape: mapped from the client's columns by the mapping file "
-        "(dbt vars), cleaned, cast, deduplicated on the key (the last row in the file wins).",
-        {"version": 2, "models": [
-            {"name": f"stg_{e.name}", "description": f"The batch's {e.name}, mapped and cleaned."}
-            for e in ENTITIES]},
-    )
-    files[DBT_DIR / "models" / "staging" / "_sources.yml"] = _yaml(
-        "One client's raw tables (schema raw_<client>), loaded by clientflow.load.raw: the client's "
-        "own table and column names, values as received, plus ingestion_id, client_name, "
-        "source_file, source_row and loaded_at. The mapping names the tables (var entities).",
-        {"version": 2, "sources": [{
-            "name": "client_raw",
-            "schema": "raw_{{ var('client') }}",
-            "quoting": {"identifier": True},
-            "config": {"loaded_at_field": "loaded_at",
-                       "freshness": {"warn_after": {"count": 2, "period": "day"},
-                                     "error_after": {"count": 7, "period": "day"}}},
-            "tables": [{
-                "name": e.name,
-                "identifier": f"{{{{ var('entities').get('{e.name}', {{}}).get('table', '{e.name}') }}}}",
-                "description": f"The client's table that feeds our {e.name}.",
-            } for e in ENTITIES],
-        }]},
+        "The batch's rows in our shape, one table per entity in schema stg_<client>: read from the "
+        "client's raw tables (schema raw_<client>, named by the mapping: var mapping), cleaned, "
+        "typed, each column with the reason its value was refused (<column>__error), duplicates of "
+        "a key marked (occurrence > 1).",
+        {"version": 2, "models": [_staging_yaml(e) for e in ENTITIES]},
     )
     return files
 

@@ -88,3 +88,19 @@ begin
     end if;
 end
 $$;
+
+-- Calendar checks for the staging models (dbt/macros/staging/*): a value that matches a date
+-- format's shape is read only if it names a real day and time, so 02/30/2024 becomes a rejected
+-- value instead of a query that fails on it. Inlined by the planner (SQL, immutable).
+create or replace function pipeline.valid_ymd(y integer, m integer, d integer) returns boolean
+language sql immutable parallel safe as $$
+    select y between 1 and 9999 and m between 1 and 12 and d between 1 and case
+        when m in (4, 6, 9, 11) then 30
+        when m = 2 then case when (y % 4 = 0 and y % 100 <> 0) or y % 400 = 0 then 29 else 28 end
+        else 31 end
+$$;
+
+create or replace function pipeline.valid_hms(h integer, mi integer, s integer) returns boolean
+language sql immutable parallel safe as $$
+    select h between 0 and 23 and mi between 0 and 59 and s between 0 and 59
+$$;

@@ -62,6 +62,27 @@ create table if not exists appointments (
 create index if not exists appointments_patient_idx on appointments (client_id, patient_id);
 create index if not exists appointments_provider_idx on appointments (client_id, provider_id);
 
+-- Procedures performed at an appointment: a dental code (CDT, e.g. D1110) with the tooth, or an
+-- eye-care code (CPT, e.g. 92004) with the eye.
+create table if not exists procedures (
+    client_id       text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    procedure_id    text        not null check (procedure_id <> ''),
+    appointment_id  text        not null,
+    code_system     text        not null check (code_system in ('cdt', 'cpt')),
+    code            text        not null,
+    tooth           text        check (tooth ~ '^([1-9]|[12][0-9]|3[0-2]|[A-T])$'),
+    eye             text        check (eye in ('right', 'left', 'both')),
+    fee             numeric(10, 2) check (fee >= 0),
+    ingestion_id    text        not null,
+    source_batch_date date,
+    synced_at       timestamptz not null default now(),
+    primary key (client_id, procedure_id),
+    foreign key (client_id, appointment_id) references appointments (client_id, appointment_id),
+    check ((code_system = 'cdt' and code ~ '^D[0-9]{4}$') or (code_system = 'cpt' and code ~ '^[0-9]{4}[0-9A-Z]$'))
+);
+
+create index if not exists procedures_appointment_idx on procedures (client_id, appointment_id);
+
 -- Databases created before source_batch_date existed (NULL: any batch may overwrite such a row).
 alter table providers add column if not exists source_batch_date date;
 alter table patients add column if not exists source_batch_date date;

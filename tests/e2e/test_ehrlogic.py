@@ -8,8 +8,6 @@ source rows, a replayed batch changes nothing, and a corrupted batch fails loudl
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from clientflow.entities import ENTITIES
 from clientflow.mapping import load_all
+from tests.support import e2e
 from tests.support.mail import read_mail
-from tests.support.oracle import expected_rows
+from tests.support.oracle import expected_rows, postgres_reader
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,35 +45,13 @@ def source_dsn(admin_dsn: str) -> Any:
 
 
 def extract(source_dsn: str, settings: Any, day: date, run_id: str | None = None) -> str:
-    """Run the client extractor (the same code the binary is built from) against the source."""
     info = psycopg.conninfo.conninfo_to_dict(source_dsn)
     url = f"postgresql://ehrlogic_reader@{info['host']}:{info.get('port', 5432)}/{info['dbname']}"
-    args = [sys.executable, "-m", "client_extractor", "--source", url, "--client", "ehrlogic",
-            "--date", day.isoformat(), "--output", f"s3://{settings.s3.bucket}",
-            "--endpoint-url", settings.s3.endpoint_url]
-    if run_id:
-        args += ["--run-id", run_id]
-    env = {**os.environ, "EXTRACTOR_DB_PASSWORD": "unused-with-trust-auth"}
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    keys = [o["Key"] for o in settings.s3.client().list_objects_v2(
-        Bucket=settings.s3.bucket, Prefix="client=ehrlogic/")["Contents"]]
-    runs = sorted({k.split("run_id=")[1].split("/")[0] for k in keys if f"date={day:%Y%m%d}" in k})
-    return run_id or runs[-1]
+    return e2e.extract(settings, "ehrlogic", url, day, password="unused-with-trust-auth", run_id=run_id)
 
 
-def production_snapshot(settings: Any) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
-    out = {}
-    with psycopg.connect(settings.production.conninfo()) as conn:
-        for entity in ENTITIES:
-            cur = conn.execute(
-                sql.SQL("select {}, xmin::text as row_version from practice.{} where client_id = 'ehrlogic'").format(
-                    sql.SQL(", ").join(sql.Identifier(c) for c in entity.business_columns),
-                    sql.Identifier(entity.name)))
-            names = [d.name for d in cur.description or []]
-            rows = [dict(zip(names, r, strict=True)) for r in cur]
-            out[entity.name] = {(r["client_id"], r[entity.key]): r for r in rows}
-    return out
+def production_snapshot(settings: Any) -> Any:
+    return e2e.production_snapshot(settings, "ehrlogic")
 
 
 def run_dag(mapping: Any, conf: dict[str, Any]) -> Any:
@@ -85,10 +61,12 @@ def run_dag(mapping: Any, conf: dict[str, Any]) -> Any:
 
 
 def ledger_events(settings: Any) -> list[tuple[str, str]]:
-    with psycopg.connect(settings.staging.conninfo()) as conn:
-        return conn.execute(
-            "select ingestion_id, e.state from pipeline.batch_events e join pipeline.batches b using (ingestion_id) "
-            "where b.client_name = 'ehrlogic' order by event_id").fetchall()
+    return e2e.ledger_events(settings, "ehrlogic")
+
+
+def expected(mapping: Any, source_dsn: str) -> Any:
+    with psycopg.connect(source_dsn) as conn:
+        return expected_rows(mapping, postgres_reader(conn))
 
 
 def test_batch_reaches_production_exactly(mapping: Any, source_dsn: str, settings: Any,
@@ -98,14 +76,9 @@ def test_batch_reaches_production_exactly(mapping: Any, source_dsn: str, setting
     dag_run = run_dag(mapping, {"batch_date": DAY.isoformat()})
 
     assert dag_run.state == "success"
-    expected = expected_rows(mapping, source_dsn)
-    actual = production_snapshot(settings)
-    for entity in (e.name for e in ENTITIES):
-        assert set(actual[entity]) == set(expected[entity]), entity
-        for key, want in expected[entity].items():
-            got = {k: v for k, v in actual[entity][key].items() if k != "row_version"}
-            assert got == want, (entity, key)
-    assert len(actual["patients"]) == PATIENTS
+    e2e.assert_production_equals(settings, "ehrlogic", expected(mapping, source_dsn))
+    assert len(production_snapshot(settings)["patients"]) == PATIENTS
+    assert len(production_snapshot(settings)["procedures"]) == PATIENTS
     states = [s for _, s in ledger_events(settings)]
     assert states == ["PENDING", "PROCESSING", "SUCCESS"]
     with psycopg.connect(settings.staging.conninfo()) as conn:

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.extractor import build_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-BINARY = ROOT / "dist" / "client-extractor"
 # every module of the package (sources/ included) and the spec: a change to any of them rebuilds the binary
-SOURCES = [*sorted((ROOT / "client_extractor").rglob("*.py")), ROOT / "client_extractor" / "client-extractor.spec"]
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 MARIA_ADMIN = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -48,18 +48,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
-
-
-def build_binary() -> Path:
-    """Build dist/client-extractor unless it is newer than every source file."""
-    if BINARY.exists() and BINARY.stat().st_mtime > max(p.stat().st_mtime for p in SOURCES):
-        return BINARY
-    subprocess.run(
-        [str(VENV_BIN / "pyinstaller"), "--noconfirm", "--log-level", "WARN", "--distpath", str(ROOT / "dist"),
-         "--workpath", str(ROOT / "build" / "client-extractor"), str(ROOT / "client_extractor" / "client-extractor.spec")],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    return BINARY
 
 
 @pytest.fixture(scope="session")

@@ -30,17 +30,17 @@ def mapping_for(client: str, **overrides: Any) -> ClientMapping:
         "owners": ["oncall@clientflow.example"],
         "start_date": "2026-01-01",
         "raw_retention_batches": 2,
-        "entities": {
-            "providers": {"source_table": TABLES["providers"], "columns": {
+        "tables": {
+            TABLES["providers"]: {"entity": "providers", "columns": {
                 "provider_id": "prov_id", "last_name": "prov_last",
                 "specialty": {"source": "prov_kind", "values": {"dentist": "general_dentistry", "rdh": "hygiene"}},
-                "active": {"source": "is_active", "values": {"y": "true", "n": "false"}},
+                "active": {"source": "is_active", "boolean": {"true": ["y"], "false": ["n"]}},
             }},
-            "patients": {"source_table": TABLES["patients"], "columns": {
+            TABLES["patients"]: {"entity": "patients", "columns": {
                 "patient_id": "pt_id", "last_name": "pt_last", "date_of_birth": "patient_dob",
                 "sex": {"source": "gender", "values": {"f": "female", "m": "male"}, "default": "unknown"},
             }},
-            "appointments": {"source_table": TABLES["appointments"], "columns": {
+            TABLES["appointments"]: {"entity": "appointments", "columns": {
                 "appointment_id": "appt_id", "patient_id": "pt_id", "provider_id": "prov_id",
                 "starts_at": "appt_start", "duration_minutes": "appt_len", "status": "appt_status",
             }},

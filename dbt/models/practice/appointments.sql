@@ -6,6 +6,7 @@
 
 with staged as (
     select * from {{ ref('stg_appointments') }}
+    where occurrence = 1 and not has_error
 ),
 
 final as (

@@ -3,6 +3,7 @@
 
 with staged as (
     select * from {{ ref('stg_patients') }}
+    where occurrence = 1 and not has_error
 ),
 
 final as (

@@ -1,0 +1,210 @@
+{#
+    The staging model of one of our entities: every row of the batch from every client table that
+    feeds the entity (var mapping: JSON from clientflow.mapping.resolve), cleaned and typed, with, per column, why
+    its value was refused (<column>__error, NULL when fine; the codes of
+    clientflow/mapping/vocabulary.py ERRORS), and which duplicate of a key is kept (occurrence 1).
+
+    `columns` comes from the generated model file (clientflow/entities.py): our columns with
+    their type, NOT NULL, accepted values and CHECK. The client's names never appear here.
+
+    CTEs: read_<n> (normalised text per table) -> typed_<n> (typed values) -> unioned -> judged
+    (errors) -> checked (our CHECKs) -> ranked (duplicates) -> final.
+#}
+{% macro staging_model(entity, key, columns) -%}
+{%- set tables = fromjson(var('mapping')).get(entity, {}).get('tables', []) -%}
+{%- set first_spec = {} -%}
+{%- for t in tables -%}
+    {%- for name, spec in t['columns'].items() -%}
+        {%- if name not in first_spec -%}{%- do first_spec.update({name: spec}) -%}{%- endif -%}
+    {%- endfor -%}
+{%- endfor -%}
+{%- if tables | length == 0 -%}
+    {{ staging_empty(columns) }}
+{%- else -%}
+with
+{%- for t in tables %}
+{%- set i = loop.index %}
+
+read_{{ i }} as (
+    select
+        source_row,
+        source_file,
+        {{ dedupe_values(t['duplicates']) }},
+        {%- for c in columns %}
+        {%- set spec = t['columns'].get(c['name']) %}
+        {{ column_text(spec) }} as {{ c['name'] }}__t,
+        {{ column_unmapped(spec) }} as {{ c['name'] }}__unmapped{{ "," if not loop.last }}
+        {%- endfor %}
+    from {{ raw_table(t['name']) }}
+    where ingestion_id = {{ sql_literal(var('ingestion_id')) }}
+),
+
+typed_{{ i }} as (
+    select
+        {{ sql_literal(t['name']) }}::text as source_table,
+        {{ i }} as source_table_order,
+        source_row,
+        source_file,
+        dedupe_ts,
+        dedupe_num,
+        dedupe_text,
+        {%- for c in columns %}
+        {%- set spec = t['columns'].get(c['name']) %}
+        {%- if spec is none %}
+        null::{{ c['sql_type'] }} as {{ c['name'] }},
+        false as {{ c['name'] }}__required,
+        {%- else %}
+        {{ column_value(spec, c['name'] ~ '__t') }}::{{ c['sql_type'] }} as {{ c['name'] }},
+        {{ spec['required'] }} as {{ c['name'] }}__required,
+        {%- endif %}
+        {{ c['name'] }}__t,
+        {{ c['name'] }}__unmapped{{ "," if not loop.last }}
+        {%- endfor %}
+    from read_{{ i }}
+),
+{%- endfor %}
+
+unioned as (
+    {%- for t in tables %}
+    select * from typed_{{ loop.index }}
+    {%- if not loop.last %}
+    union all
+    {%- endif %}
+    {%- endfor %}
+),
+
+judged as (
+    select
+        source_table,
+        source_table_order,
+        source_row,
+        source_file,
+        dedupe_ts,
+        dedupe_num,
+        dedupe_text,
+        {%- for c in columns %}
+        {%- set spec = first_spec.get(c['name']) %}
+        {{ c['name'] }},
+        case
+            when {{ c['name'] }}__unmapped then 'unmapped_value'
+            {%- if spec is not none %}
+            when {{ c['name'] }}__t is not null and {{ c['name'] }} is null then {{ column_parse_error(spec, c['name'] ~ '__t') }}
+            {%- endif %}
+            when {{ c['name'] }} is null and {{ c['name'] }}__required then 'missing'
+            {%- if c.get('accepted') %}
+            when {{ c['name'] }} not in ({% for a in c['accepted'] %}{{ sql_literal(a) }}{{ ", " if not loop.last }}{% endfor %})
+                then 'not_accepted'
+            {%- endif %}
+        end as {{ c['name'] }}__error{{ "," if not loop.last }}
+        {%- endfor %}
+    from unioned
+),
+
+checked as (
+    select
+        source_table,
+        source_table_order,
+        source_row,
+        source_file,
+        dedupe_ts,
+        dedupe_num,
+        dedupe_text,
+        {%- for c in columns %}
+        {{ c['name'] }},
+        {%- if c.get('check') %}
+        coalesce({{ c['name'] }}__error, case when not coalesce({{ c['check'] }}, true) then 'check' end)
+            as {{ c['name'] }}__error{{ "," if not loop.last }}
+        {%- else %}
+        {{ c['name'] }}__error{{ "," if not loop.last }}
+        {%- endif %}
+        {%- endfor %}
+    from judged
+),
+
+ranked as (
+    select
+        *,
+        case when {{ key }} is null then 1 else row_number() over (
+            partition by {{ key }}
+            order by dedupe_ts desc nulls last, dedupe_num desc nulls last, dedupe_text desc nulls last,
+                source_table_order desc, source_row desc
+        ) end as occurrence
+    from checked
+),
+
+final as (
+    select
+        {{ sql_literal(var('client')) }}::text as client_id,
+        {%- for c in columns %}
+        {{ c['name'] }},
+        {%- endfor %}
+        {%- for c in columns %}
+        {{ c['name'] }}__error,
+        {%- endfor %}
+        ({% for c in columns %}{{ c['name'] }}__error is not null{{ " or " if not loop.last }}{% endfor %}) as has_error,
+        occurrence,
+        source_table,
+        source_row,
+        source_file,
+        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
+    from ranked
+)
+
+select * from final
+{%- endif %}
+{%- endmacro %}
+
+
+{# The staging model of an entity the client does not feed: the same columns, no rows. #}
+{% macro staging_empty(columns) -%}
+select
+    {{ sql_literal(var('client')) }}::text as client_id,
+    {%- for c in columns %}
+    null::{{ c['sql_type'] }} as {{ c['name'] }},
+    {%- endfor %}
+    {%- for c in columns %}
+    null::text as {{ c['name'] }}__error,
+    {%- endfor %}
+    false as has_error,
+    1::bigint as occurrence,
+    null::text as source_table,
+    null::bigint as source_row,
+    null::text as source_file,
+    {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
+where false
+{%- endmacro %}
+
+
+{# A raw table of the client (schema raw_<client>), both names quoted. #}
+{% macro raw_table(name) -%}
+    {{ quote_ident('raw_' ~ var('client')) }}.{{ quote_ident(name) }}
+{%- endmacro %}
+
+
+{#
+    What orders the duplicates of a key (the mapping's `duplicates`): the `by` column read as a
+    timestamp, a number or text; the last row in the file wins among equals, or always with
+    keep: last_in_file.
+#}
+{% macro dedupe_values(dup) -%}
+    {%- set by = dup.get('by') -%}
+    {%- set kind = dup.get('by_type') -%}
+    {%- if by -%}
+        {%- set raw -%}nullif(btrim({{ quote_ident(by) }}::text), ''){%- endset -%}
+    {%- endif -%}
+    {%- if by and kind == 'timestamp' -%}
+        {{ column_value({'sql_type': 'timestamptz', 'formats': dup['formats'], 'timezone': dup['timezone']}, raw) }}
+    {%- else -%}
+        null::timestamptz
+    {%- endif %} as dedupe_ts,
+        {% if by and kind == 'number' -%}
+        (case when {{ raw }} ~ {{ sql_literal(dup['regex']) }} then ({{ raw }})::numeric end)
+    {%- else -%}
+        null::numeric
+    {%- endif %} as dedupe_num,
+        {% if by and kind == 'text' -%}
+        {{ raw }}
+    {%- else -%}
+        null::text
+    {%- endif %} as dedupe_text
+{%- endmacro %}

@@ -1,0 +1,24 @@
+"""The client extractor's binary, built once for the whole test session (PyInstaller)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = ROOT / "dist" / "client-extractor"
+SOURCES = [*sorted((ROOT / "client_extractor").rglob("*.py")), ROOT / "client_extractor" / "client-extractor.spec"]
+
+
+def build_binary() -> Path:
+    """Build dist/client-extractor unless it is newer than every source file."""
+    if BINARY.exists() and BINARY.stat().st_mtime > max(p.stat().st_mtime for p in SOURCES):
+        return BINARY
+    subprocess.run(
+        [str(Path(sys.executable).parent / "pyinstaller"), "--noconfirm", "--log-level", "WARN", "--distpath",
+         str(ROOT / "dist"), "--workpath", str(ROOT / "build" / "client-extractor"),
+         str(ROOT / "client_extractor" / "client-extractor.spec")],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return BINARY

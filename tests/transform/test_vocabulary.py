@@ -1,0 +1,126 @@
+"""Every rule of the mapping vocabulary (docs/mapping.md) does what the documentation says, in the
+real staging models on real PostgreSQL, and every value it cannot read is refused with its reason.
+
+One test client, one row per example; the staging tables (stg_<client>.stg_<entity>) are read
+back value by value. The batch then fails its test of refused values, as it must.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from clientflow import pipeline
+from tests.support.practice import Practice, mapping_for
+from tests.support.transform import TransformFailed, transform
+
+DAY = date(2026, 10, 1)
+CLIENT = "vocab"
+
+PATIENT_COLUMNS: dict[str, Any] = {
+    "patient_id": {"source": ["loc", "pt_no"]},
+    "first_name": {"source": "first", "case": "title"},
+    "last_name": "last",
+    "date_of_birth": {"source": "dob", "date_formats": ["YYYY-MM-DD", "MM/DD/YYYY", "YYYYMMDD"]},
+    "sex": {"source": "sex", "values": {"f": "female", "m": "male"}, "default": "unknown"},
+    "email": "mail",
+    "phone": {"source": "tel", "phone": {"country_code": "1"}},
+    "created_at": {"source": "created", "timestamp_formats": ["iso_with_offset", "iso_local",
+                                                              "MM/DD/YYYY HH12:MI AM", "epoch_seconds"]},
+}
+PROVIDER_COLUMNS: dict[str, Any] = {
+    "provider_id": "prov_id", "last_name": "prov_last",
+    "specialty": {"default": "other"},
+    "active": {"source": "flag", "boolean": {"true": ["y", "yes"], "false": ["n", "no"]}},
+}
+APPOINTMENT_COLUMNS: dict[str, Any] = {
+    "appointment_id": "appt_id", "patient_id": ["loc", "pt_no"], "provider_id": "prov_id",
+    "starts_at": {"source": "start", "timezone": "America/Chicago"}, "duration_minutes": "len",
+    "status": {"default": "completed"}, "fee": {"source": "cents", "multiplier": 0.01},
+}
+
+# (loc, pt_no, the patient's values) -> what we expect (None: the value is refused, with a reason)
+PATIENTS = [
+    ({"first": "  aNA-MARÍA \t", "last": "Diaz", "dob": "1980-3-5", "sex": " F ", "mail": "Ana.Diaz@Mail.Example",
+      "tel": "312-555-0101", "created": "2025-03-13T08:20:00-05:00"},
+     {"first_name": "Ana-María", "date_of_birth": date(1980, 3, 5), "sex": "female", "email": "ana.diaz@mail.example",
+      "phone": "+13125550101", "created_at": datetime(2025, 3, 13, 13, 20, tzinfo=UTC)}),
+    ({"first": "", "last": "Eze", "dob": "03/05/1980", "sex": None, "mail": None, "tel": "+1 630 555 0101",
+      "created": "2025-03-13 08:20"},
+     {"first_name": None, "date_of_birth": date(1980, 3, 5), "sex": "unknown", "phone": "+16305550101",
+      "created_at": datetime(2025, 3, 13, 12, 20, tzinfo=UTC)}),  # iso_local in the client's zone (New York, EDT)
+    ({"first": "Kim", "last": "Lee", "dob": "19800305", "sex": "m", "mail": None, "tel": "(312) 555 0101",
+      "created": "3/13/2025 12:05 AM"},
+     {"date_of_birth": date(1980, 3, 5), "sex": "male", "phone": "+13125550101",
+      "created_at": datetime(2025, 3, 13, 4, 5, tzinfo=UTC)}),
+    ({"first": "Bo", "last": "Ng", "dob": "1980-02-30", "sex": "q", "mail": None, "tel": None, "created": "1741854000"},
+     {"date_of_birth__error": "date_format", "sex__error": "unmapped_value",
+      "created_at": datetime(2025, 3, 13, 8, 20, tzinfo=UTC)}),
+    ({"first": "Al", "last": "  ", "dob": "02/30/1980", "sex": "f", "mail": "x", "tel": "12", "created": "2025-03-13T25:00:00"},
+     {"last_name__error": "missing", "date_of_birth__error": "date_format", "email__error": "check",
+      "phone__error": "check", "created_at__error": "timestamp_format"}),
+]
+
+
+def _tables() -> dict[str, list[dict[str, Any]]]:
+    providers = [{"prov_id": "D1", "prov_last": "Ray", "flag": "Yes"}, {"prov_id": "D2", "prov_last": "Oz", "flag": "maybe"}]
+    people = [{"loc": "L1", "pt_no": str(i), **values} for i, (values, _) in enumerate(PATIENTS)]
+    visits = [
+        {"appt_id": "A1", "loc": "L1", "pt_no": "0", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": "30.0",
+         "cents": "4625"},
+        {"appt_id": "A2", "loc": "L1", "pt_no": "1", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": "3000000000",
+         "cents": "12.5e2"},
+        {"appt_id": "A3", "loc": "L1", "pt_no": "2", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": "thirty",
+         "cents": "NaN"},
+    ]
+    return {"clinician": providers, "person": people, "visit": visits}
+
+
+@pytest.fixture(scope="module")
+def staged(settings: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    mapping = mapping_for(CLIENT, tables={
+        "clinician": {"entity": "providers", "columns": PROVIDER_COLUMNS},
+        "person": {"entity": "patients", "columns": PATIENT_COLUMNS},
+        "visit": {"entity": "appointments", "columns": APPOINTMENT_COLUMNS},
+    }, timezone="America/New_York")
+    found = Practice(settings, CLIENT).write(DAY, "r1", _tables(), mapping=mapping)
+    batch = pipeline.ingest(settings, mapping, found, airflow_run_id="vocab")
+    try:
+        with pytest.raises(TransformFailed) as failed:
+            transform(settings, mapping, batch)
+        assert "no_rejected_values_stg_patients" in failed.value.output
+    finally:
+        pipeline.mark_failed(settings, batch, "vocabulary test", airflow_run_id="vocab")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        for entity, key in (("patients", "patient_id"), ("providers", "provider_id"), ("appointments", "appointment_id")):
+            cur = conn.execute(f"select * from stg_{CLIENT}.stg_{entity}")  # noqa: S608 - our names
+            names = [d.name for d in cur.description or []]
+            out[entity] = {row[names.index(key)]: dict(zip(names, row, strict=True)) for row in cur}
+    return out
+
+
+@pytest.mark.parametrize("number", range(len(PATIENTS)))
+def test_each_patient_example(staged: Any, number: int) -> None:
+    row = staged["patients"][f"L1-{number}"]  # the composite natural key, joined with '-'
+    for column, want in PATIENTS[number][1].items():
+        assert row[column] == want, column
+        if column.endswith("__error") and want not in ("check", "not_accepted"):
+            assert row[column.removesuffix("__error")] is None  # what cannot be read is never half-read
+    errors = {k for k, v in row.items() if k.endswith("__error") and v is not None}
+    assert errors == {k for k in PATIENTS[number][1] if k.endswith("__error")}
+    assert row["has_error"] is bool(errors)
+
+
+def test_booleans_constants_numbers_and_zones(staged: Any) -> None:
+    providers, visits = staged["providers"], staged["appointments"]
+    assert (providers["D1"]["active"], providers["D1"]["specialty"]) == (True, "other")
+    assert providers["D2"]["active__error"] == "not_boolean"
+    assert (visits["A1"]["duration_minutes"], visits["A1"]["fee"]) == (30, Decimal("46.25"))
+    assert visits["A1"]["starts_at"] == datetime(2025, 3, 13, 13, 20, tzinfo=UTC)  # the column's own zone
+    assert (visits["A2"]["duration_minutes__error"], visits["A2"]["fee"]) == ("out_of_range", Decimal("12.50"))
+    assert (visits["A3"]["duration_minutes__error"], visits["A3"]["fee__error"]) == ("not_integer", "not_number")
