@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load bench-parse clean
+.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -86,3 +86,7 @@ bench-load: install
 
 bench-parse: install
 	$(VENV)/bin/python bench/bench_parse.py
+
+# The 1,000,000-patient batch through the real DAG on the local stack (it starts the stack).
+bench-e2e: install extractor
+	$(VENV)/bin/python bench/bench_e2e.py

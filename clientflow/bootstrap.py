@@ -4,6 +4,10 @@ Idempotent: running it again changes nothing. Production DDL (``include/sql/prod
 applied verbatim to production's ``practice`` schema and to staging's ``practice`` schema (the
 dummy production), so both always have the same tables and constraints.
 
+Each database records the version of the DDL it was built with (a hash of the SQL files, in the
+database's comment). ``--reset-outdated`` (the local stack) drops and rebuilds databases built by
+an older version; without it an outdated database is an error that says so, never a silent mix.
+
 Roles:
 - ``clientflow_staging`` owns the staging database (raw tables, dummy production, ledger, dbt).
 - ``clientflow_promoter`` may only read and upsert production's practice tables: no DELETE, no
@@ -13,6 +17,7 @@ Roles:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -35,11 +40,27 @@ def _ensure_role(admin: psycopg.Connection[Any], role: str, password: str) -> No
     admin.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
 
 
-def _ensure_database(admin: psycopg.Connection[Any], name: str, owner: str) -> None:
-    if not admin.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
-        admin.execute(
-            sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner))
-        )
+def schema_version() -> str:
+    """A hash of the DDL files: databases built from other files are outdated."""
+    digest = hashlib.sha256()
+    for name in ("production.sql", "pipeline.sql"):
+        digest.update((SQL_DIR / name).read_bytes())
+    return "clientflow schema " + digest.hexdigest()[:16]
+
+
+def _ensure_database(admin: psycopg.Connection[Any], name: str, owner: str, reset_outdated: bool) -> None:
+    found = admin.execute(
+        "select shobj_description(oid, 'pg_database') from pg_database where datname = %s", (name,)).fetchone()
+    if found is not None and found[0] != schema_version():
+        if not reset_outdated:
+            raise SystemExit(f"database {name} was built by another version of include/sql ({found[0] or 'unknown'}); "
+                             "migrate it, or rebuild it with --reset-outdated (the local stack does)")
+        log.warning("database %s was built by another version of include/sql: rebuilding it", name)
+        admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+        found = None
+    if found is None:
+        admin.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        admin.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), sql.Literal(schema_version())))
 
 
 def apply_production_ddl(conn: psycopg.Connection[Any]) -> None:
@@ -49,12 +70,12 @@ def apply_production_ddl(conn: psycopg.Connection[Any]) -> None:
     conn.execute("reset search_path")
 
 
-def bootstrap(admin_dsn: str, staging_db: str, production_db: str) -> None:
+def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outdated: bool = False) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         _ensure_role(admin, STAGING_ROLE, os.environ.get("CLIENTFLOW_STAGING_PASSWORD", "local-only-staging"))
         _ensure_role(admin, PROMOTER_ROLE, os.environ.get("CLIENTFLOW_PROMOTER_PASSWORD", "local-only-promoter"))
-        _ensure_database(admin, staging_db, STAGING_ROLE)
-        _ensure_database(admin, production_db, "postgres")
+        _ensure_database(admin, staging_db, STAGING_ROLE, reset_outdated)
+        _ensure_database(admin, production_db, "postgres", reset_outdated)
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=staging_db)) as conn:
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(STAGING_ROLE)))
@@ -93,9 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--staging-db", default="clientflow_staging")
     parser.add_argument("--production-db", default="clientflow_production")
+    parser.add_argument("--reset-outdated", action="store_true",
+                        help="drop and rebuild databases built by another version of include/sql")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    bootstrap(args.admin_dsn, args.staging_db, args.production_db)
+    bootstrap(args.admin_dsn, args.staging_db, args.production_db, reset_outdated=args.reset_outdated)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The ``clientflow`` command line.
 
     clientflow check-mapping FILE...   validate mapping files: the errors name file, line and field
+    clientflow rejects CLIENT [--batch ID]      list the values a client's batches refused (never the values)
+    clientflow accept ID --by NAME --reason WHY [--gate G]   accept a batch a gate stopped
+    clientflow reoffer ID --by NAME --reason WHY             let a batch run again after a mapping fix
     clientflow mapping-schema          print the mapping files' JSON Schema (include/mappings/mapping.schema.json)
     clientflow manifest-schema         print the manifest's JSON Schema (docs/manifest.schema.json)
 """
@@ -11,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _check_mapping(args: argparse.Namespace) -> int:
@@ -55,6 +59,69 @@ def _manifest_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _staging() -> Any:
+    import psycopg
+
+    from clientflow.config import PipelineSettings
+
+    return psycopg.connect(PipelineSettings.from_settings_file().staging.conninfo())
+
+
+def _rerun_hint(conn: Any, ingestion_id: str) -> str:
+    from clientflow.operations import ledger
+
+    client, day, run_id = ledger.batch_of(conn, ingestion_id) or ("?", "?", "?")
+    return (f"run it again: airflow dags trigger client_{client} --conf "
+            f"'{{\"batch_date\": \"{day}\", \"run_id\": \"{run_id}\"}}'")
+
+
+def _accept(args: argparse.Namespace) -> int:
+    from clientflow.operations import ledger
+    from clientflow.validation.gates import ACCEPTABLE
+
+    gates = args.gate or ["*"]
+    unknown = [g for g in gates if g != "*" and g not in ACCEPTABLE]
+    if unknown:
+        print(f"unknown gate(s) {unknown}; the gates that can be accepted: {', '.join(ACCEPTABLE)}", file=sys.stderr)
+        return 2
+    with _staging() as conn:
+        try:
+            ledger.accept(conn, args.ingestion_id, args.by, args.reason, gates)
+        except ledger.LedgerActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"accepted {args.ingestion_id} ({', '.join(gates)}); {_rerun_hint(conn, args.ingestion_id)}")
+    return 0
+
+
+def _reoffer(args: argparse.Namespace) -> int:
+    from clientflow.operations import ledger
+
+    with _staging() as conn:
+        try:
+            ledger.reoffer(conn, args.ingestion_id, args.by, args.reason)
+        except ledger.LedgerActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"re-offered {args.ingestion_id}; {_rerun_hint(conn, args.ingestion_id)}")
+    return 0
+
+
+def _rejects(args: argparse.Namespace) -> int:
+    query = ("select r.ingestion_id, b.batch_date, r.table_name, r.source_row, r.source_key, r.column_name, r.rule, "
+             "r.reason from pipeline.rejects r join pipeline.batches b using (ingestion_id) where r.client_name = %s"
+             + (" and r.ingestion_id = %s" if args.batch else "") + " order by b.batch_date desc, r.table_name, "
+             "r.source_row, r.column_name limit %s")
+    params = (args.client, *([args.batch] if args.batch else []), args.limit)
+    with _staging() as conn:
+        rows = conn.execute(query, params).fetchall()
+    print("batch                             date        table            row  key          column           rule")
+    for ingestion_id, day, table, row, key, column, rule, _reason in rows:
+        print(f"{ingestion_id}  {day}  {table:<15} {row:>5}  {str(key):<12} {column:<16} {rule}")
+    print(f"{len(rows)} refused value(s)" + (" (limit reached)" if len(rows) == args.limit else ""))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,6 +129,20 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_check_mapping)
     commands.add_parser("mapping-schema", help="print the mapping files' JSON Schema").set_defaults(run=_mapping_schema)
+    rejects = commands.add_parser("rejects", help="list the values a client's batches refused")
+    rejects.add_argument("client")
+    rejects.add_argument("--batch", help="one batch (its ingestion id)")
+    rejects.add_argument("--limit", type=int, default=200)
+    rejects.set_defaults(run=_rejects)
+    for name, run, text in (("accept", _accept, "accept a batch a validation gate stopped"),
+                            ("reoffer", _reoffer, "let a batch run again, after its mapping was fixed")):
+        action = commands.add_parser(name, help=text)
+        action.add_argument("ingestion_id")
+        action.add_argument("--by", required=True, help="who decides (recorded in the ledger)")
+        action.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+        if name == "accept":
+            action.add_argument("--gate", action="append", help="a gate to accept (default: every acceptable gate)")
+        action.set_defaults(run=run)
     commands.add_parser("manifest-schema", help="print the manifest's JSON Schema").set_defaults(run=_manifest_schema)
     return root
 

@@ -94,6 +94,31 @@ class PipelineSettings(BaseModel):
     redis: RedisSettings = RedisSettings()
 
     @classmethod
+    def from_settings_file(cls, ids: ConnectionIds | None = None) -> PipelineSettings:
+        """The local stack's connections (airflow_settings.yaml, placeholders from the
+        environment): what the ``clientflow`` command line uses outside Airflow."""
+        from clientflow.settings_file import connections
+
+        ids, conns = ids or ConnectionIds(), connections()
+
+        def pg(conn_id: str) -> PostgresSettings:
+            c = conns[conn_id]
+            return PostgresSettings(host=c.get("host", "127.0.0.1"), port=int(c.get("port", 5432)),
+                                    dbname=c.get("schema", ""), user=c.get("login", ""),
+                                    password=c.get("password") or None)
+
+        s3, redis = conns[ids.s3], conns[ids.redis]
+        extra = s3.get("extra", {})
+        return cls(
+            staging=pg(ids.staging), production=pg(ids.production),
+            s3=S3Settings(bucket=extra["bucket"], endpoint_url=extra.get("endpoint_url"),
+                          region_name=extra.get("region_name", "us-east-1"),
+                          access_key_id=s3.get("login") or None, secret_access_key=s3.get("password") or None),
+            redis=RedisSettings(url=SecretStr(f"redis://{redis.get('host', '127.0.0.1')}:{redis.get('port', 6379)}/"
+                                              f"{redis.get('extra', {}).get('db', 0)}")),
+        )
+
+    @classmethod
     def from_airflow(cls, ids: ConnectionIds | None = None) -> PipelineSettings:
         """Read the connections at task run time (never at DAG parse time)."""
         from airflow.sdk import Connection

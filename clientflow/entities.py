@@ -98,8 +98,16 @@ PIPELINE_COLUMNS = (
     Column("source_batch_date", "date",
            description="Date of the batch that wrote the row; promotion keeps the newest."),
     Column("synced_at", "timestamptz", required=True, description="When the row was last written."),
+    Column("job_id", "text", required=True, description="The extractor job (manifest) the row came from."),
+    Column("source_file", "text", required=True, description="The data.json (s3://...) the row came from."),
+    Column("source_row", "bigint", required=True, description="The row's position in that file, from 1."),
+    Column("deleted_at", "timestamptz",
+           description="Set when a full snapshot no longer held the row (or its parent); NULL while it exists."),
+    Column("promoted_at", "timestamptz", description="When the batch that last wrote the row reached production."),
 )
-"""Ours on every production table, after the entity's own columns."""
+"""Ours on every production table, after the entity's own columns: lineage (any value traces back
+to its file and row), the soft delete, and the promotion."""
+LINEAGE_COLUMNS = ("job_id", "source_file", "source_row")
 
 _NONEMPTY = "{} <> ''"
 

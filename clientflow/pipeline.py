@@ -15,7 +15,10 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from psycopg import sql
+
 from client_extractor.contract import RUN_ID, RUN_ID_RULE
+from clientflow import promotion, validation
 from clientflow.arrival import ArrivedTable, batch_files, complete_runs, read_manifests
 from clientflow.batch import Batch, ClientLock, LoadedFile
 from clientflow.config import PipelineSettings
@@ -27,8 +30,6 @@ from clientflow.integrity import registry
 from clientflow.load import raw
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger, locks
-from clientflow.promotion import promote as promote_rows
-from clientflow.validation import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +166,27 @@ def _release_quietly(settings: PipelineSettings, lock: ClientLock) -> None:
                     lock.client, type(err).__name__)
 
 
-def validate(settings: PipelineSettings, mapping: ClientMapping, batch: Batch) -> dict[str, int]:
-    """The validation gates after dbt: every row of the batch is accounted for."""
+def validate(settings: PipelineSettings, mapping: ClientMapping, batch: Batch) -> dict[str, Any]:
+    """The validation gates after dbt (clientflow.validation.gates): counts, rejects, anomalies."""
     with connect(settings.staging, batch.where(), "validating") as conn:
-        counts = reconcile(conn, mapping, batch)
-    for c in counts:
-        log.info("[%s] %s: %d raw rows, %d in dummy production (%d duplicates collapsed, %d refused)",
-                 batch.where().describe(), c.entity, c.raw_rows, c.promoted_rows, c.duplicates_collapsed,
-                 c.refused_rows)
-    return {c.entity: c.promoted_rows for c in counts}
+        locks.check(conn, batch.require_lock())
+        report = validation.run(conn, mapping, batch)
+    for c in report.counts:
+        log.info("[%s] %s: %d raw rows, %d kept, %d refused, %d duplicates collapsed; writes %s",
+                 batch.where().describe(), c.entity, c.raw_rows, c.kept_rows, c.refused_rows,
+                 c.duplicates_collapsed, c.changes or "nothing")
+    return {
+        "kept": {c.entity: c.kept_rows for c in report.counts},
+        "refused": {t.table: t.refused_rows for t in report.rejects},
+        "changes": {c.entity: c.changes for c in report.counts},
+        "accepted_gates": sorted(report.accepted),
+    }
 
 
 def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
             airflow_run_id: str | None = None) -> dict[str, dict[str, int]]:
-    """Upsert into production in one transaction, then mark SUCCESS and prune old raw batches.
+    """Copy the batch's changes into production in one transaction, then mark SUCCESS, set the
+    same promoted_at in dummy production, and prune old raw batches.
 
     The staging transaction holds the client's fence row (``locks.check``) until production has
     committed, so a run whose lock was taken over cannot commit, and a newer holder cannot start
@@ -188,8 +196,12 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
     with connect(settings.staging, batch.where(), "promoting (staging)") as staging:
         locks.check(staging, lock)
         with connect(settings.production, batch.where(), "promoting (production)") as production:
-            counts = promote_rows(staging, production, mapping.client, ingestion_id, mapping.entities)
+            counts, promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id, batch.day,
+                                                    mapping.entities)
             production.commit()
+        for name in mapping.entities:
+            staging.execute(sql.SQL("update {} set promoted_at = %s where client_id = %s and ingestion_id = %s").format(
+                sql.Identifier("practice", name)), (promoted_at, mapping.client, ingestion_id))
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
                               "kept_newer": c.kept_newer, "unchanged": c.unchanged} for c in counts}
         ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
@@ -204,19 +216,31 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
 
 def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
                 airflow_run_id: str | None) -> None:
-    """Record FAILED and free the client's lock. Raw batches and production are left as they are.
+    """Record FAILED, undo the batch in dummy production, and free the client's lock. Raw batches
+    and production are left as they are.
 
-    A run whose lock was taken over leaves the state alone when a newer run has taken the same
-    batch up again (the ledger row then carries the newer run's fencing token). Before ``ingest``
-    named the batch, the client's unfinished batches of the same date and extractor run are the
-    ones that failed.
+    A run whose lock was taken over changes nothing: the newer run owns the batch (and dummy
+    production) now. A batch whose promotion had committed before the failure (production's
+    ``promotions`` holds it) is recorded SUCCESS instead, and not undone. Before ``ingest`` named
+    the batch, the client's unfinished batches of the same date and extractor run are the ones
+    that failed.
     """
     if batch is None:
         return
     lock = batch.lock
     with connect(settings.staging, batch.where(), "recording FAILED") as conn:
         if batch.ingestion_id:
-            failed = [batch.ingestion_id] if ledger.state_of(conn, batch.ingestion_id) not in (None, *ledger.DONE) else []
+            owned = lock is not None and _still_holds(conn, lock)
+            if owned and _was_promoted(settings, batch):
+                ledger.set_state(conn, batch.ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id,
+                                 detail=f"production had committed the promotion before: {error}")
+                failed = []
+            else:
+                if owned:
+                    restored = promotion.undo_batch(conn, batch.client, batch.ingestion_id)
+                    log.info("[%s] dummy production restored: %s", batch.where().describe(), restored)
+                state = ledger.state_of(conn, batch.ingestion_id)
+                failed = [batch.ingestion_id] if state not in (None, *ledger.DONE) else []
         else:
             failed = ledger.unfinished(conn, batch.client, batch.day, batch.run_id) if batch.run_id else []
         for ingestion_id in failed:
@@ -225,3 +249,18 @@ def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
     if lock is not None:
         with named(batch.where(), "releasing the client lock"):
             locks.release(settings.redis, lock)
+
+
+def _still_holds(conn: Any, lock: ClientLock) -> bool:
+    """Whether this run still owns the client (a savepoint keeps the transaction usable if not)."""
+    try:
+        with conn.transaction():
+            locks.check(conn, lock)
+    except locks.LockLost:
+        return False
+    return True
+
+
+def _was_promoted(settings: PipelineSettings, batch: Batch) -> bool:
+    with connect(settings.production, batch.where(), "checking production's promotions") as production:
+        return promotion.was_promoted(production, batch.client, batch.require_ingestion_id())

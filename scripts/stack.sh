@@ -133,7 +133,7 @@ up() {
   ensure_redis
   start_bg moto "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
   start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Debugging stdout
-  "$VENV/bin/python" -m clientflow.bootstrap --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
+  "$VENV/bin/python" -m clientflow.bootstrap --reset-outdated --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
   "$VENV/bin/python" - <<PY
 import boto3
 s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:$S3_PORT", region_name="us-east-1",

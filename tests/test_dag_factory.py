@@ -51,34 +51,14 @@ def test_client_dags_run_one_at_a_time(dagbag) -> None:  # type: ignore[no-untyp
 
 def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["client_ehrlogic"]
-    ids = {t.task_id for t in dag.tasks}
-    assert {"plan", "wait_for_batch", "find_batch", "ingest", "validate", "promote"} <= ids
-    # one task per dbt model: its `dbt build` (the model, then its tests)
-    builds = {f"transform.{m}_model_build" for e in ("providers", "patients", "appointments", "procedures")
-              for m in (e, f"stg_{e}")}
-    assert builds <= ids
-    wait = dag.get_task("wait_for_batch")
-    assert wait.deferrable
-    # Appointments are merged only after the patients and providers they reference passed their tests.
-    upstream = dag.get_task("transform.appointments_model_build").upstream_task_ids
-    assert {"transform.patients_model_build", "transform.providers_model_build"} <= upstream
-    assert dag.get_task("promote").upstream_task_ids == {"validate", "ingest"}
-
-
-def test_the_dbt_graph_is_read_once_and_every_dag_gets_its_own_copy() -> None:
-    from clientflow.dag_factory import build_client_dag
-    from clientflow.mapping import load_all
-    from clientflow.transform.dbt_group import _ManifestGraph
-
-    _ManifestGraph._loaded.clear()
-    first = build_client_dag(load_all()[0])
-    second = build_client_dag(load_all()[0])
-    assert len(_ManifestGraph._loaded) == 1
-    shape = lambda dag: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}  # noqa: E731
-    assert shape(first) == shape(second)
-    group, again = first.task_group.children["transform"], second.task_group.children["transform"]
-    assert group.dbt_graph.nodes == again.dbt_graph.nodes
-    assert group.dbt_graph.nodes is not again.dbt_graph.nodes  # a copy per DAG
+    assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
+        "plan": [], "wait_for_batch": ["plan"], "find_batch": ["plan", "wait_for_batch"], "ingest": ["find_batch"],
+        # one dbt build of the whole batch (every model, then its tests), in the transform group
+        "transform.dbt_build": ["ingest"],
+        "validate": ["ingest", "transform.dbt_build"], "promote": ["ingest", "validate"],
+    }
+    assert dag.get_task("wait_for_batch").deferrable
+    assert dag.get_task("transform.dbt_build").retries == 0
 
 
 _NO_IO = r"""
@@ -148,7 +128,7 @@ def test_a_malformed_mapping_costs_only_its_own_client(three_clients: Path) -> N
     parsed = _parse(three_clients)
     assert parsed["errors"] == {}
     assert sorted(parsed["dags"]) == ["client_alpha", "client_beta", "client_gamma"]
-    assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] > 10
+    assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] == 7
     beta = parsed["dags"]["client_beta"]
     line = next(i for i, x in enumerate((three_clients / "beta.yaml").read_text().splitlines(), 1) if "retension" in x)
     assert "broken-mapping" in beta["tags"] and beta["tasks"] == 1

@@ -145,6 +145,31 @@ def _columns_short_form(schema: dict[str, Any]) -> None:
     ]}
 
 
+class RejectThreshold(BaseModel):
+    """How many refused rows a table may have before the whole batch stops instead."""
+
+    model_config = _STRICT
+    max_count: int | None = Field(default=None, ge=0, description="At most this many refused rows.")
+    max_share: float = Field(default=0.01, ge=0, le=1, description="At most this share of the table's rows.")
+
+
+class AnomalyThresholds(BaseModel):
+    """How far a batch may differ from the client's previous promoted batch before it stops."""
+
+    model_config = _STRICT
+    max_row_drop: float = Field(default=0.5, ge=0, le=1, description="A full snapshot may hold at most this share "
+                                "fewer rows than the previous one (0.5: half).")
+    max_null_rate_increase: float = Field(default=0.2, ge=0, le=1, description="A column's share of NULLs may rise "
+                                          "by at most this much (0.2: 20 points), the phantom null.")
+    max_reject_share_increase: float = Field(default=0.05, ge=0, le=1, description="The share of refused rows may "
+                                             "rise by at most this much.")
+    unmapped_values: Literal["fail", "warn"] = Field(
+        default="fail", description="A coded column (one with `values`) that held no unmapped value in the "
+        "previous batch and now does: stop (fail) or only log (warn).")
+    min_rows: int = Field(default=20, ge=1, description="Entities with fewer rows than this in either batch "
+                          "are not judged (small counts are noise).")
+
+
 class SourceTable(BaseModel):
     """One of the client's tables and the entity of ours it feeds."""
 
@@ -155,6 +180,7 @@ class SourceTable(BaseModel):
     mode: Literal["full_snapshot", "incremental"] = Field(
         default="full_snapshot", description="full_snapshot: each batch holds every row; incremental: changed rows.")
     duplicates: Duplicates = Duplicates()
+    rejects: RejectThreshold = RejectThreshold()
     columns: dict[str, ColumnRules] = Field(description="Our column -> how it is read.")
 
     @field_validator("entity")
@@ -201,6 +227,7 @@ class ClientMapping(BaseModel):
     schedule: str | None = Field(default="@daily", description="Airflow schedule of arrivals (cron or preset).")
     raw_retention_batches: int = Field(default=2, ge=1, description="Promoted batches kept in raw, newest first.")
     schema_policy: SchemaPolicy = SchemaPolicy()
+    anomalies: AnomalyThresholds = AnomalyThresholds()
     tables: dict[str, SourceTable] = Field(min_length=1, description="The client's tables, by their exact names.")
 
     @field_validator("timezone")
@@ -244,6 +271,10 @@ class ClientMapping(BaseModel):
 
     def entity_for_table(self, table: str) -> str:
         return self.tables[table].entity
+
+    def full_snapshot(self, entity: str) -> bool:
+        """Whether a batch holds every row of the entity (every table feeding it is a full snapshot)."""
+        return all(self.tables[t].mode == "full_snapshot" for t in self.entities[entity])
 
     def dbt_vars(self) -> dict[str, Any]:
         """The mapping as dbt vars, every rule resolved (formats as regex + pattern).

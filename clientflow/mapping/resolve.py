@@ -91,7 +91,11 @@ def resolved_table(name: str, spec: SourceTable, timezone: str) -> dict[str, Any
 def resolved_tables(mapping: ClientMapping) -> dict[str, Any]:
     """entity -> {"tables": [resolved table, ...]} for the entities the client feeds."""
     return {
-        entity: {"tables": [resolved_table(t, mapping.tables[t], mapping.timezone) for t in tables]}
+        entity: {
+            "tables": [resolved_table(t, mapping.tables[t], mapping.timezone) for t in tables],
+            # a batch may soft-delete what it does not hold only if every table is a full snapshot
+            "full_snapshot": mapping.full_snapshot(entity),
+        }
         for entity, tables in mapping.entities.items()
     }
 

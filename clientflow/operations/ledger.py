@@ -18,8 +18,9 @@ import psycopg
 if TYPE_CHECKING:
     from clientflow.arrival import ArrivedTable
 
-STATES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "DUPLICATE")
+STATES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "DUPLICATE", "REOFFERED")
 DONE = ("SUCCESS", "DUPLICATE")
+"""States whose content is not processed again (a REOFFERED batch is: its rejects get another chance)."""
 
 
 def ingestion_id_for(client: str, day: date, job_ids: Sequence[str]) -> str:
@@ -57,7 +58,7 @@ def record_batch(
         on conflict (ingestion_id) do update
             set state = 'PENDING', run_id = excluded.run_id, airflow_dag_id = excluded.airflow_dag_id,
                 airflow_run_id = excluded.airflow_run_id, fence_token = excluded.fence_token,
-                error = null, updated_at = now()
+                error = null, updated_at = clock_timestamp()
         """,
         (ingestion_id, first.client, first.date, first.run_id, dag_id, airflow_run_id, fence_token),
     )
@@ -91,7 +92,7 @@ def set_state(
     if state not in STATES:
         raise ValueError(state)
     changed = conn.execute(
-        "update pipeline.batches set state = %s, updated_at = now(), "
+        "update pipeline.batches set state = %s, updated_at = clock_timestamp(), "
         "error = case when %s = 'FAILED' then %s else null end "
         "where ingestion_id = %s and (%s::bigint is null or fence_token is not distinct from %s::bigint)",
         (state, state, detail, ingestion_id, fence_token, fence_token),
@@ -172,3 +173,33 @@ def prunable(conn: psycopg.Connection[Any], client: str, keep: int) -> list[str]
             (client, oldest_date, oldest_created),
         )
     ]
+
+
+class LedgerActionRefused(ValueError):
+    """An on-call action that does not apply to the batch in its current state."""
+
+
+def accept(conn: psycopg.Connection[Any], ingestion_id: str, by: str, reason: str, gates: Sequence[str]) -> None:
+    """A data engineer accepts a batch a gate stopped: the next run passes those gates."""
+    state = state_of(conn, ingestion_id)
+    if state != "FAILED":
+        raise LedgerActionRefused(f"batch {ingestion_id} is {state or 'unknown'}; only a FAILED (stopped) batch is accepted")
+    conn.execute("insert into pipeline.acceptances (ingestion_id, accepted_by, reason, gates) values (%s, %s, %s, %s)",
+                 (ingestion_id, by, reason, list(gates)))
+    _event(conn, ingestion_id, "ACCEPTED", None, f"by {by}: {reason} (gates: {', '.join(gates)})")
+
+
+def reoffer(conn: psycopg.Connection[Any], ingestion_id: str, by: str, reason: str) -> None:
+    """Let a promoted batch run again (after a mapping fix): its refused rows get another chance;
+    the rows already promoted are not rewritten (unchanged)."""
+    state = state_of(conn, ingestion_id)
+    if state not in ("SUCCESS", "FAILED"):
+        raise LedgerActionRefused(f"batch {ingestion_id} is {state or 'unknown'}; only a SUCCESS or FAILED batch is re-offered")
+    set_state(conn, ingestion_id, "REOFFERED", detail=f"by {by}: {reason}")
+
+
+def batch_of(conn: psycopg.Connection[Any], ingestion_id: str) -> tuple[str, date, str] | None:
+    """(client, batch date, run id) of a batch, for the trigger that runs it again."""
+    row = conn.execute("select client_name, batch_date, run_id from pipeline.batches where ingestion_id = %s",
+                       (ingestion_id,)).fetchone()
+    return (row[0], row[1], row[2]) if row else None

@@ -73,7 +73,7 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
             """
             insert into pipeline.client_fence (client_name, token, holder) values (%s, %s, %s)
             on conflict (client_name) do update set token = excluded.token, holder = excluded.holder,
-                acquired_at = now()
+                acquired_at = clock_timestamp()
             where pipeline.client_fence.token < excluded.token
             """,
             (client, token, holder),

@@ -1,22 +1,26 @@
-"""The Cosmos task group that runs a client's dbt models for one batch.
+"""The transform task group: one Cosmos ``dbt build`` of the batch, with dbt's threads.
 
-Cosmos renders the group from the committed-at-build ``dbt/target/manifest.json``
-(``LoadMode.DBT_MANIFEST``), so parsing a DAG never runs dbt. dbt lives in its own virtualenv;
-Cosmos calls it through :mod:`clientflow.transform.dbt_scrubbed`, which keeps the row values
-PostgreSQL quotes in its errors out of the task log.
+Cosmos's ``DbtBuildLocalOperator`` runs every model of the project and each model's tests, in
+dependency order, in one dbt process (``--threads``): the client's staging tables, the change
+sets, and the merge into dummy production. One dbt start-up per batch instead of one per model
+(a task per model cost about 10 s each, even on 5,000 rows; ``ExecutionMode.WATCHER``, which keeps
+a task per model, is experimental in Cosmos 1.15 and its sensors hang when a test fails). dbt's
+log, which the task log shows, names every model and test with its timing.
+
+dbt lives in its own virtualenv; Cosmos calls it through :mod:`clientflow.transform.dbt_scrubbed`,
+which keeps the row values PostgreSQL quotes in its errors out of the task log.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import cosmos.converter
-from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import InvocationMode, LoadMode, TestBehavior
-from cosmos.dbt.graph import DbtGraph
+from airflow.sdk import TaskGroup
+from cosmos import ProfileConfig
+from cosmos.constants import InvocationMode
+from cosmos.operators.local import DbtBuildLocalOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from clientflow.config import ConnectionIds
@@ -24,38 +28,10 @@ from clientflow.mapping import ClientMapping
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = PROJECT_DIR / "dbt"
-MANIFEST = DBT_DIR / "target" / "manifest.json"
 DBT_EXECUTABLE = Path(__file__).resolve().with_name("dbt_scrubbed.py")
 """Runs the real dbt (CLIENTFLOW_DBT_EXECUTABLE, default .venv-dbt/bin/dbt) with its output scrubbed."""
-
-
-class _ManifestGraph(DbtGraph):
-    """Cosmos's graph of the dbt project, read from the manifest once per process.
-
-    Every client's DAG renders the same project with the same selection (only the dbt vars
-    differ), but Cosmos reads and filters the manifest again for each DAG: with 200 clients that
-    was two of the five seconds a parse of the DAG folder took. The nodes are copied for each DAG,
-    so no DAG can change another's. The key includes the manifest's mtime: a rebuilt manifest is
-    read again.
-    """
-
-    _loaded: ClassVar[dict[tuple[str, ...], tuple[Any, ...]]] = {}
-
-    def load(self, method: Any = LoadMode.AUTOMATIC, execution_mode: Any = None) -> None:
-        path = str(self.project.manifest_path)
-        rc = self.render_config
-        key = (path, str(os.stat(path).st_mtime_ns), str(method), str(execution_mode), str(rc.test_behavior),
-               repr(rc.select), repr(rc.exclude))
-        fields = ("nodes", "filtered_nodes", "tests_per_model", "load_method")
-        if key not in self._loaded:
-            super().load(method=method, execution_mode=execution_mode)
-            self._loaded[key] = tuple(getattr(self, name) for name in fields)
-        for name, value in zip(fields, copy.deepcopy(self._loaded[key]), strict=True):
-            setattr(self, name, value)
-
-
-# Cosmos builds its graph through this name (cosmos.converter.DbtToAirflowConverter).
-cosmos.converter.DbtGraph = _ManifestGraph  # type: ignore[misc]
+THREADS = int(os.environ.get("CLIENTFLOW_DBT_THREADS", "4"))
+"""dbt threads of a batch's build: models that do not depend on each other run at once."""
 
 
 def batch_vars(mapping: ClientMapping, upstream: str = "ingest") -> dict[str, Any]:
@@ -70,27 +46,28 @@ def batch_vars(mapping: ClientMapping, upstream: str = "ingest") -> dict[str, An
     }
 
 
-def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "transform") -> DbtTaskGroup:
-    """One task per model (its `dbt build`: the model, then its tests), in dependency order."""
-    return DbtTaskGroup(
-        group_id=group_id,
-        project_config=ProjectConfig(dbt_project_path=DBT_DIR, manifest_path=MANIFEST),
-        profile_config=ProfileConfig(
-            profile_name="clientflow",
-            target_name="staging",
-            profile_mapping=PostgresUserPasswordProfileMapping(conn_id=ids.staging, profile_args={"schema": "dbt"}),
-        ),
-        execution_config=ExecutionConfig(dbt_executable_path=str(DBT_EXECUTABLE),
-                                         invocation_mode=InvocationMode.SUBPROCESS),
-        render_config=RenderConfig(
-            load_method=LoadMode.DBT_MANIFEST,
+def profile(ids: ConnectionIds) -> ProfileConfig:
+    return ProfileConfig(
+        profile_name="clientflow",
+        target_name="staging",
+        profile_mapping=PostgresUserPasswordProfileMapping(
+            conn_id=ids.staging, profile_args={"schema": "dbt", "threads": THREADS}),
+    )
+
+
+def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "transform") -> TaskGroup:
+    """The batch's dbt build (every model, then its tests), in a task group of its own."""
+    with TaskGroup(group_id=group_id, tooltip="dbt build of the batch: staging, change sets, dummy production") as group:
+        DbtBuildLocalOperator(
+            task_id="dbt_build",
+            project_dir=str(DBT_DIR),
+            profile_config=profile(ids),
             dbt_executable_path=str(DBT_EXECUTABLE),
             invocation_mode=InvocationMode.SUBPROCESS,
-            # One task per model runs `dbt build` of it: the model, then its tests, in one dbt
-            # process (half the tasks and half the dbt start-ups of a run task plus a test task).
-            test_behavior=TestBehavior.BUILD,
-            select=["path:models/staging", "path:models/practice"],
-        ),
-        operator_args={"vars": batch_vars(mapping), "install_deps": False},
-        default_args={"retries": 0},
-    )
+            select=["path:models"],
+            vars=batch_vars(mapping),
+            install_deps=False,
+            retries=0,  # a failing model or test is about the data; the whole batch is re-run instead
+            emit_datasets=False,
+        )
+    return group

@@ -14,6 +14,7 @@ Standard library only: it runs under whatever ``python3`` is on the worker's PAT
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -55,6 +56,29 @@ def scrub(line: str) -> str:
     return "".join(out)
 
 
+def scrub_json(value: object) -> object:
+    """Every string inside a JSON log line, scrubbed (dbt's --log-format json, which Cosmos reads):
+    names and ids hold no quoted value and pass unchanged, messages lose their values."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [scrub_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_json(v) for k, v in value.items()}
+    return value
+
+
+def scrub_line(line: str) -> str:
+    """One line of dbt's output: a JSON event (scrubbed value by value) or text."""
+    if line.startswith("{"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return scrub(line)
+        return json.dumps(scrub_json(event), ensure_ascii=False) + "\n"
+    return scrub(line)
+
+
 def main(argv: list[str]) -> int:
     dbt = os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", str(_PROJECT / ".venv-dbt" / "bin" / "dbt"))
     proc = subprocess.Popen([dbt, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -62,7 +86,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a killed task stops dbt too
     assert proc.stdout is not None
     for line in proc.stdout:
-        sys.stdout.write(scrub(line))
+        sys.stdout.write(scrub_line(line))
         sys.stdout.flush()
     return proc.wait()
 

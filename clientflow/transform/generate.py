@@ -3,10 +3,12 @@
     python -m clientflow.transform.generate           # rewrite the generated files
     python -m clientflow.transform.generate --check   # exit 1 if any is stale (tests run this)
 
-Per entity: the staging model (the mapping's columns cleaned and cast, deduplicated on the key),
-the dummy-production model (merged into the table production.sql created), and their YAML with
-the tests every production column deserves (unique key, not_null, accepted_values, parents in the
-same client). No client field name is written here: the mapping reaches the models as dbt vars.
+Per entity: the staging model (the mapping's columns cleaned and typed, every refused value with
+its reason, duplicates of a key marked), the change set (what the batch changes in dummy
+production, soft deletes included), the dummy-production model (the change set merged into the
+table production.sql created), and their YAML with the tests every production column deserves
+(unique key, not_null, accepted_values, parents in the same client). No client field name is
+written here: the mapping reaches the models as dbt vars.
 """
 
 from __future__ import annotations
@@ -45,40 +47,62 @@ def _declaration(entity: Entity) -> str:
     return "[\n" + ",\n".join(items) + "\n    ]"
 
 
+def _parents(entity: Entity) -> str:
+    return json.dumps([{"column": fk.column, "entity": fk.parent} for fk in entity.parents])
+
+
+def _depends_on(*models: str) -> str:
+    """dbt finds a ref inside a macro only if parsing runs that branch: name the parents here."""
+    return "".join(f"-- depends_on: {{{{ ref('{m}') }}}}\n" for m in models)
+
+
 def staging_sql(entity: Entity) -> str:
+    parents = _depends_on(*(f"stg_{fk.parent}" for fk in entity.parents))
     return f"""-- {HEADER}
 -- The batch's {entity.name} from every client table that feeds them (the mapping, as dbt vars),
--- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging).
-{{{{ staging_model(
+-- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging);
+-- a reference to a parent that neither this batch nor dummy production holds is refused too.
+{parents}{{{{ staging_model(
     '{entity.name}',
     '{entity.key}',
-    {_declaration(entity)}
+    {_declaration(entity)},
+    {_parents(entity)}
+) }}}}
+"""
+
+
+def changes_sql(entity: Entity) -> str:
+    parents = _depends_on(f"stg_{entity.name}", *(f"changes_{fk.parent}" for fk in entity.parents))
+    business = json.dumps(list(entity.business_columns))
+    return f"""-- {HEADER}
+-- What this batch changes in dummy production's {entity.name}: new rows, changed rows (never over a
+-- row of a newer batch), revived rows, and soft deletes (rows a full snapshot no longer holds,
+-- and children of a parent this batch deletes). Unchanged rows are not here: they are not rewritten.
+{parents}{{{{ changes_model(
+    '{entity.name}',
+    '{entity.key}',
+    {business},
+    {_parents(entity)}
 ) }}}}
 """
 
 
 def practice_sql(entity: Entity) -> str:
     keys = ", ".join(f"'{k}'" for k in entity.primary_key)
-    parents = "".join(f"-- depends_on: {{{{ ref('{fk.parent}') }}}}\n" for fk in entity.parents)
-    order = "-- Foreign keys: this model is merged after the parents it references.\n" if parents else ""
-    columns = _columns((CLIENT_KEY, *entity.column_names, "ingestion_id"), 8)
+    order = "-- Foreign keys: merged after the parents it references.\n" if entity.parents else ""
+    parents = _depends_on(*(fk.parent for fk in entity.parents))
+    columns = _columns(entity.production_columns, 4)
     return f"""-- {HEADER}
-{{{{ config(unique_key=[{keys}]) }}}}
+-- Dummy production's {entity.name}: the batch's changes merged in (the same DDL as production).
+-- The pre-hook keeps the rows the merge replaces, so a batch that fails later is undone.
+{{{{ config(
+    unique_key=[{keys}],
+    pre_hook=["{{{{ capture_undo('{entity.name}', '{entity.key}') }}}}"],
+) }}}}
 {order}{parents}
-with staged as (
-    select * from {{{{ ref('stg_{entity.name}') }}}}
-    where occurrence = 1 and not has_error
-),
-
-final as (
-    select
-        {columns},
-        {{{{ batch_date() }}}} as source_batch_date,
-        now() as synced_at
-    from staged
-)
-
-select * from final
+select
+    {columns}
+from {{{{ ref('changes_{entity.name}') }}}}
 """
 
 
@@ -124,11 +148,11 @@ class _Dumper(yaml.SafeDumper):
         return True  # write each test's config out in full, not as &id001 anchors
 
 
-def _staging_yaml(entity: Entity) -> dict[str, Any]:
-    return {
+def _staging_yaml(entity: Entity) -> list[dict[str, Any]]:
+    stg = {
         "name": f"stg_{entity.name}",
-        "description": f"The batch's {entity.name}, mapped, cleaned and typed, one row per client row.",
-        "data_tests": [{"no_rejected_values": {"arguments": {"columns": list(entity.column_names)}}}],
+        "description": f"The batch's {entity.name}, mapped, cleaned and typed, one row per client row; "
+                       "the validation stage records the refused values in pipeline.rejects.",
         "columns": [
             *({"name": c.name, "description": c.description} if c.description else {"name": c.name}
               for c in entity.columns),
@@ -136,8 +160,16 @@ def _staging_yaml(entity: Entity) -> dict[str, Any]:
             {"name": "occurrence", "description": "1 for the row kept among the duplicates of its key."},
             {"name": "source_table", "description": "The client table the row came from."},
             {"name": "source_row", "description": "Its position in the table's data.json (from 1)."},
+            {"name": "job_id", "description": "The extractor job of that file (pipeline.jobs)."},
         ],
     }
+    changes = {
+        "name": f"changes_{entity.name}",
+        "description": f"The rows of dummy production's {entity.name} this batch writes: production's "
+                       "columns plus `change` (insert, update, revive, delete).",
+        "columns": [{"name": "change", "description": "insert, update, revive or delete."}],
+    }
+    return [stg, changes]
 
 
 def _yaml(comment: str, data: dict[str, Any]) -> str:
@@ -151,6 +183,7 @@ def render() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for entity in ENTITIES:
         files[DBT_DIR / "models" / "staging" / f"stg_{entity.name}.sql"] = staging_sql(entity)
+        files[DBT_DIR / "models" / "staging" / f"changes_{entity.name}.sql"] = changes_sql(entity)
         files[DBT_DIR / "models" / "practice" / f"{entity.name}.sql"] = practice_sql(entity)
     files[DBT_DIR / "models" / "practice" / "_practice.yml"] = _yaml(
         "The dummy production schema: the same tables as production, merged into per batch. "
@@ -162,7 +195,7 @@ def render() -> dict[Path, str]:
         "client's raw tables (schema raw_<client>, named by the mapping: var mapping), cleaned, "
         "typed, each column with the reason its value was refused (<column>__error), duplicates of "
         "a key marked (occurrence > 1).",
-        {"version": 2, "models": [_staging_yaml(e) for e in ENTITIES]},
+        {"version": 2, "models": [m for e in ENTITIES for m in _staging_yaml(e)]},
     )
     return files
 

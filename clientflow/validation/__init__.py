@@ -1,5 +1,6 @@
-"""Validation gates between the dummy production schema and production."""
+"""Validation gates between the dummy production schema and production (``gates.run``)."""
 
-from clientflow.validation.reconcile import EntityCounts, reconcile
+from clientflow.validation.gates import GateReport, run
+from clientflow.validation.reconcile import EntityCounts
 
-__all__ = ["EntityCounts", "reconcile"]
+__all__ = ["EntityCounts", "GateReport", "run"]

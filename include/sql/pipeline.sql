@@ -11,12 +11,12 @@ create table if not exists pipeline.batches (
     client_name     text        not null,
     batch_date      date        not null,
     run_id          text        not null,
-    state           text        not null check (state in ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'DUPLICATE')),
+    state           text        not null check (state in ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'DUPLICATE', 'REOFFERED')),
     airflow_dag_id  text,
     airflow_run_id  text,
     error           text,
-    created_at      timestamptz not null default now(),
-    updated_at      timestamptz not null default now()
+    created_at      timestamptz not null default clock_timestamp(),
+    updated_at      timestamptz not null default clock_timestamp()
 );
 -- The fencing token of the run that last took the batch up: a run whose lock was taken over may not
 -- record the batch's state any more.
@@ -43,7 +43,7 @@ create table if not exists pipeline.batch_events (
     state           text        not null,
     airflow_run_id  text,
     detail          text,
-    at              timestamptz not null default now()
+    at              timestamptz not null default clock_timestamp()
 );
 -- The S3 data files the event concerned (for DUPLICATE: the re-delivered run's files).
 alter table pipeline.batch_events add column if not exists source_files text[];
@@ -57,7 +57,7 @@ create table if not exists pipeline.schema_registry (
     fingerprint     text        not null,
     columns         jsonb       not null,
     ingestion_id    text        not null,
-    registered_at   timestamptz not null default now(),
+    registered_at   timestamptz not null default clock_timestamp(),
     primary key (client_name, table_name, version)
 );
 -- What changed from the previous version (added, removed, guessed renames, type changes).
@@ -68,7 +68,7 @@ create table if not exists pipeline.client_fence (
     client_name     text        primary key,
     token           bigint      not null,
     holder          text        not null,
-    acquired_at     timestamptz not null default now()
+    acquired_at     timestamptz not null default clock_timestamp()
 );
 
 -- The one definition of "this run still owns the client", used by the pipeline's write
@@ -104,3 +104,47 @@ create or replace function pipeline.valid_hms(h integer, mi integer, s integer) 
 language sql immutable parallel safe as $$
     select h between 0 and 23 and mi between 0 and 59 and s between 0 and 59
 $$;
+
+-- Values a batch refused: one row per refused value (or orphaned reference), named by its row and
+-- column and the rule it broke; never the value itself (it stays in the raw table and the bucket).
+create table if not exists pipeline.rejects (
+    ingestion_id    text        not null references pipeline.batches (ingestion_id),
+    client_name     text        not null,
+    job_id          text,
+    table_name      text        not null,
+    entity          text        not null,
+    source_key      text,
+    source_file     text        not null,
+    source_row      bigint      not null,
+    column_name     text        not null,
+    rule            text        not null,
+    reason          text        not null,
+    recorded_at     timestamptz not null default clock_timestamp(),
+    primary key (ingestion_id, table_name, source_row, column_name)
+);
+create index if not exists rejects_client_idx on pipeline.rejects (client_name, recorded_at);
+
+-- What each validated batch looked like, per entity: the anomaly gates compare a batch with the
+-- client's previous promoted one (row counts, null rates per column, unmapped values, rejects).
+create table if not exists pipeline.batch_profiles (
+    ingestion_id    text        not null references pipeline.batches (ingestion_id),
+    entity          text        not null,
+    full_snapshot   boolean     not null,
+    rows_received   bigint      not null,
+    rows_kept       bigint      not null,
+    rows_refused    bigint      not null,
+    nulls           jsonb       not null,
+    unmapped        jsonb       not null,
+    profiled_at     timestamptz not null default clock_timestamp(),
+    primary key (ingestion_id, entity)
+);
+
+-- A data engineer's acceptance of a batch a gate stopped: who, why, and which gates; the next run
+-- of the batch passes those gates (the ledger records an ACCEPTED event too).
+create table if not exists pipeline.acceptances (
+    ingestion_id    text        not null references pipeline.batches (ingestion_id),
+    accepted_by     text        not null,
+    reason          text        not null,
+    gates           text[]      not null,
+    accepted_at     timestamptz not null default clock_timestamp()
+);

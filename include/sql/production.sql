@@ -21,6 +21,11 @@ create table if not exists providers (
     ingestion_id   text        not null,
     source_batch_date date,
     synced_at      timestamptz not null default now(),
+    job_id         text        not null,
+    source_file    text        not null,
+    source_row     bigint      not null,
+    deleted_at     timestamptz,
+    promoted_at    timestamptz,
     primary key (client_id, provider_id)
 );
 
@@ -38,6 +43,11 @@ create table if not exists patients (
     ingestion_id   text        not null,
     source_batch_date date,
     synced_at      timestamptz not null default now(),
+    job_id         text        not null,
+    source_file    text        not null,
+    source_row     bigint      not null,
+    deleted_at     timestamptz,
+    promoted_at    timestamptz,
     primary key (client_id, patient_id)
 );
 
@@ -51,9 +61,14 @@ create table if not exists appointments (
     status            text        not null check (status in ('scheduled', 'completed', 'cancelled', 'no_show')),
     reason            text,
     fee               numeric(10, 2) check (fee >= 0),
-    ingestion_id      text        not null,
+    ingestion_id   text        not null,
     source_batch_date date,
-    synced_at         timestamptz not null default now(),
+    synced_at      timestamptz not null default now(),
+    job_id         text        not null,
+    source_file    text        not null,
+    source_row     bigint      not null,
+    deleted_at     timestamptz,
+    promoted_at    timestamptz,
     primary key (client_id, appointment_id),
     foreign key (client_id, patient_id) references patients (client_id, patient_id),
     foreign key (client_id, provider_id) references providers (client_id, provider_id)
@@ -73,9 +88,14 @@ create table if not exists procedures (
     tooth           text        check (tooth ~ '^([1-9]|[12][0-9]|3[0-2]|[A-T])$'),
     eye             text        check (eye in ('right', 'left', 'both')),
     fee             numeric(10, 2) check (fee >= 0),
-    ingestion_id    text        not null,
+    ingestion_id   text        not null,
     source_batch_date date,
-    synced_at       timestamptz not null default now(),
+    synced_at      timestamptz not null default now(),
+    job_id         text        not null,
+    source_file    text        not null,
+    source_row     bigint      not null,
+    deleted_at     timestamptz,
+    promoted_at    timestamptz,
     primary key (client_id, procedure_id),
     foreign key (client_id, appointment_id) references appointments (client_id, appointment_id),
     check ((code_system = 'cdt' and code ~ '^D[0-9]{4}$') or (code_system = 'cpt' and code ~ '^[0-9]{4}[0-9A-Z]$'))
@@ -83,7 +103,19 @@ create table if not exists procedures (
 
 create index if not exists procedures_appointment_idx on procedures (client_id, appointment_id);
 
--- Databases created before source_batch_date existed (NULL: any batch may overwrite such a row).
-alter table providers add column if not exists source_batch_date date;
-alter table patients add column if not exists source_batch_date date;
-alter table appointments add column if not exists source_batch_date date;
+-- Lookups of one batch's rows (promotion copies the rows a batch wrote, and only those).
+create index if not exists providers_batch_idx on providers (client_id, ingestion_id);
+create index if not exists patients_batch_idx on patients (client_id, ingestion_id);
+create index if not exists appointments_batch_idx on appointments (client_id, ingestion_id);
+create index if not exists procedures_batch_idx on procedures (client_id, ingestion_id);
+
+-- One row per promoted batch, written in the promotion's own transaction: if it is here, the
+-- batch is in production (the ledger in the staging database may lag behind after a crash).
+create table if not exists promotions (
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    ingestion_id   text        not null,
+    batch_date     date        not null,
+    promoted_at    timestamptz not null,
+    rows_written   jsonb       not null,
+    primary key (client_id, ingestion_id)
+);

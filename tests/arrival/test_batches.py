@@ -119,7 +119,7 @@ def test_late_older_batch_never_overwrites_newer_rows(settings: Any) -> None:
     with psycopg.connect(settings.staging.conninfo()) as conn:
         detail = conn.execute("select detail from pipeline.batch_events where ingestion_id = %s "
                               "and state = 'SUCCESS'", (late_batch.ingestion_id,)).fetchone()[0]
-    assert "'kept_newer': 4" in detail
+    assert "'kept_newer': 4" in detail  # yesterday's versions of P0-P3 stayed out: today's are newer
 
     # The next day's batch, with changed values, wins again.
     run_batch(settings, mapping, practice.write(date(2026, 3, 12), "20260312T010000Z", tables(4, "next")))

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from clientflow.errors import ValidationFailed
 from tests.support.practice import (
     Practice,
     ingestion_id,
@@ -18,7 +19,6 @@ from tests.support.practice import (
     run_batch,
     tables,
 )
-from tests.support.transform import TransformFailed
 
 
 def test_raw_batches_are_kept_until_newer_ones_are_promoted(settings: Any) -> None:
@@ -28,11 +28,11 @@ def test_raw_batches_are_kept_until_newer_ones_are_promoted(settings: Any) -> No
     two = run_batch(settings, mapping, practice.write(date(2026, 7, 2), "r2", tables(3, "two")))
     assert raw_counts(settings, mapping.client, "person") == {one.ingestion_id: 3, two.ingestion_id: 3}
 
-    # A batch whose transformation fails (an unparseable date of birth): dbt stops it.
+    # A batch the validation stops (an unparseable date of birth in 1 of 4 rows: past the 1% threshold).
     broken = tables(4, "three")
     broken["person"][1]["patient_dob"] = "not a date"
     found = practice.write(date(2026, 7, 3), "r3", broken)
-    with pytest.raises(TransformFailed):
+    with pytest.raises(ValidationFailed, match="gate rejects"):
         run_batch(settings, mapping, found)
     three = ingestion_id(mapping.client, date(2026, 7, 3), broken)
     assert raw_counts(settings, mapping.client, "person") == {

@@ -16,6 +16,7 @@ import psycopg
 
 from clientflow.arrival import batch_files
 from clientflow.batch import Batch
+from clientflow.entities import BY_NAME
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger
 from tests.support.batches import job_id, manifest_for, put_table
@@ -106,7 +107,7 @@ def ingestion_id(client: str, day: date, data: dict[str, list[dict[str, Any]]]) 
 
 
 def production_rows(settings: Any, client: str, entity: str, *columns: str) -> dict[str, tuple[Any, ...]]:
-    key = {"providers": "provider_id", "patients": "patient_id", "appointments": "appointment_id"}[entity]
+    key = BY_NAME[entity].key
     cols = ", ".join([key, *columns])
     with psycopg.connect(settings.production.conninfo()) as conn:
         return {r[0]: tuple(r[1:]) for r in conn.execute(
@@ -141,3 +142,19 @@ def run_batch(settings: Any, mapping: ClientMapping, found: Batch, *, holder: st
         pipeline.mark_failed(settings, batch, type(exc).__name__, airflow_run_id=holder)
         raise
     return batch
+
+
+def snapshot(conninfo: str, client: str) -> dict[str, set[tuple[Any, ...]]]:
+    """Every row (all production columns) of a client, per entity: to compare dummy production
+    (the staging database's practice schema) with production."""
+    out = {}
+    with psycopg.connect(conninfo) as conn:
+        for name, entity in BY_NAME.items():
+            cols = ", ".join(entity.production_columns)
+            out[name] = set(conn.execute(f"select {cols} from practice.{name} where client_id = %s",  # noqa: S608
+                                         (client,)).fetchall())
+    return out
+
+
+def assert_dummy_equals_production(settings: Any, client: str) -> None:
+    assert snapshot(settings.staging.conninfo(), client) == snapshot(settings.production.conninfo(), client)

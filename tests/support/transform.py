@@ -42,7 +42,7 @@ def transform(settings: Any, mapping: Any, batch: Any) -> None:
     }
     with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
         done = subprocess.run(
-            [str(DBT), "build", "--select", "path:models/staging", "path:models/practice", "--vars", json.dumps(dbt_vars),
+            [str(DBT), "build", "--select", "path:models", "--vars", json.dumps(dbt_vars),
              "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
              "--target-path", f"{tmp}/target", "--log-path", f"{tmp}/logs", "--no-partial-parse"],
             cwd=DBT_DIR, env=env, capture_output=True, text=True, timeout=300,

@@ -2,7 +2,7 @@
 real staging models on real PostgreSQL, and every value it cannot read is refused with its reason.
 
 One test client, one row per example; the staging tables (stg_<client>.stg_<entity>) are read
-back value by value. The batch then fails its test of refused values, as it must.
+back value by value (the batch itself is not promoted: its refused rows are past the threshold).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from clientflow import pipeline
 from tests.support.practice import Practice, mapping_for
-from tests.support.transform import TransformFailed, transform
+from tests.support.transform import transform
 
 DAY = date(2026, 10, 1)
 CLIENT = "vocab"
@@ -90,9 +90,7 @@ def staged(settings: Any) -> dict[str, dict[str, dict[str, Any]]]:
     found = Practice(settings, CLIENT).write(DAY, "r1", _tables(), mapping=mapping)
     batch = pipeline.ingest(settings, mapping, found, airflow_run_id="vocab")
     try:
-        with pytest.raises(TransformFailed) as failed:
-            transform(settings, mapping, batch)
-        assert "no_rejected_values_stg_patients" in failed.value.output
+        transform(settings, mapping, batch)
     finally:
         pipeline.mark_failed(settings, batch, "vocabulary test", airflow_run_id="vocab")
     out: dict[str, dict[str, dict[str, Any]]] = {}

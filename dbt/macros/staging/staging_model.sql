@@ -7,10 +7,14 @@
     `columns` comes from the generated model file (clientflow/entities.py): our columns with
     their type, NOT NULL, accepted values and CHECK. The client's names never appear here.
 
+    `parents` are our foreign keys ({column, entity}): a reference the batch's kept parents and
+    dummy production (without the rows this batch deletes) both lack is refused as
+    parent_missing.
+
     CTEs: read_<n> (normalised text per table) -> typed_<n> (typed values) -> unioned -> judged
-    (errors) -> checked (our CHECKs) -> ranked (duplicates) -> final.
+    (errors) -> checked (our CHECKs) -> referenced (parents) -> ranked (duplicates) -> final.
 #}
-{% macro staging_model(entity, key, columns) -%}
+{% macro staging_model(entity, key, columns, parents=[]) -%}
 {%- set tables = fromjson(var('mapping')).get(entity, {}).get('tables', []) -%}
 {%- set first_spec = {} -%}
 {%- for t in tables -%}
@@ -29,6 +33,9 @@ read_{{ i }} as (
     select
         source_row,
         source_file,
+        (select j.job_id from pipeline.jobs as j
+            where j.ingestion_id = {{ sql_literal(var('ingestion_id')) }} and j.table_name = {{ sql_literal(t['name']) }}
+            limit 1) as job_id,
         {{ dedupe_values(t['duplicates']) }},
         {%- for c in columns %}
         {%- set spec = t['columns'].get(c['name']) %}
@@ -45,6 +52,7 @@ typed_{{ i }} as (
         {{ i }} as source_table_order,
         source_row,
         source_file,
+        job_id,
         dedupe_ts,
         dedupe_num,
         dedupe_text,
@@ -79,6 +87,7 @@ judged as (
         source_table_order,
         source_row,
         source_file,
+        job_id,
         dedupe_ts,
         dedupe_num,
         dedupe_text,
@@ -106,6 +115,7 @@ checked as (
         source_table_order,
         source_row,
         source_file,
+        job_id,
         dedupe_ts,
         dedupe_num,
         dedupe_text,
@@ -121,6 +131,17 @@ checked as (
     from judged
 ),
 
+referenced as (
+    select
+        checked.*
+        {%- for fk in parents %}
+        , coalesce({{ fk['column'] }}__error, case when {{ fk['column'] }} is not null
+            and not {{ parent_exists(fk, 'checked.' ~ fk['column']) }} then 'parent_missing' end)
+            as {{ fk['column'] }}__checked
+        {%- endfor %}
+    from checked
+),
+
 ranked as (
     select
         *,
@@ -129,7 +150,7 @@ ranked as (
             order by dedupe_ts desc nulls last, dedupe_num desc nulls last, dedupe_text desc nulls last,
                 source_table_order desc, source_row desc
         ) end as occurrence
-    from checked
+    from referenced
 ),
 
 final as (
@@ -138,14 +159,16 @@ final as (
         {%- for c in columns %}
         {{ c['name'] }},
         {%- endfor %}
+        {%- set fk_columns = parents | map(attribute='column') | list %}
         {%- for c in columns %}
-        {{ c['name'] }}__error,
+        {{ c['name'] ~ ('__checked' if c['name'] in fk_columns else '__error') }} as {{ c['name'] }}__error,
         {%- endfor %}
-        ({% for c in columns %}{{ c['name'] }}__error is not null{{ " or " if not loop.last }}{% endfor %}) as has_error,
+        ({% for c in columns %}{{ c['name'] ~ ('__checked' if c['name'] in fk_columns else '__error') }} is not null{{ " or " if not loop.last }}{% endfor %}) as has_error,
         occurrence,
         source_table,
         source_row,
         source_file,
+        job_id,
         {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
     from ranked
 )
@@ -170,6 +193,7 @@ select
     null::text as source_table,
     null::bigint as source_row,
     null::text as source_file,
+    null::text as job_id,
     {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
 where false
 {%- endmacro %}

@@ -1,0 +1,231 @@
+"""End-to-end benchmark: the 1,000,000-patient ehrlogic batch through the real DAG on the local stack.
+
+    .venv/bin/python bench/bench_e2e.py [--patients 1000000]        (make bench-e2e)
+
+1. Starts the local stack (scripts/stack.sh up: PostgreSQL, Redis, moto's S3, SMTP, Airflow
+   standalone with its scheduler and triggerer) and builds the sample client's source database
+   (clientflow.sample.ehrlogic) with ``--patients`` patients: 4 tables, 4.0 rows per patient.
+2. The baseline, in the same run: ``psql \\copy`` of the same rows out of the source (CSV) and into
+   tables with the same primary keys in a scratch database.
+3. The first batch (today's): the extractor binary uploads it (not timed); the DAG run that
+   processes it (today's scheduled run if it waits for it, else one triggered at once) is timed
+   from the moment the last manifest landed to the end of ``promote``, with each task's seconds
+   from Airflow's metadata database. The client is reset on the stack first (its ledger, raw,
+   staging and production rows), so the first batch meets an empty production.
+4. A second batch, the next day, with 1% of the rows changed at the source: promoted the same way;
+   ``promote_1pct_ratio`` is its promote task's seconds over the first batch's.
+5. ``peak_rss_mb`` is the largest resident memory of any one task process (or its dbt child) of
+   the runs, sampled every 0.2 s.
+
+Ends with ``BENCH name=e2e rows=N seconds=S baseline_seconds=B ratio=R promote_1pct_ratio=P peak_rss_mb=M``.
+Targets (issue 10): ratio under 6, promote_1pct_ratio under 0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clientflow.sample import ehrlogic  # noqa: E402
+
+PG = {"host": os.environ.get("CLIENTFLOW_PG_HOST", "127.0.0.1"), "port": int(os.environ.get("CLIENTFLOW_PG_PORT", "5432")),
+      "user": "postgres"}
+ADMIN_DSN = psycopg.conninfo.make_conninfo(dbname="postgres", **PG)
+SOURCE_DB = "bench_ehrlogic_source"
+BASELINE_DB = "bench_ehrlogic_baseline"
+DAG = "client_ehrlogic"
+TABLES = {"dim_provider": "prov_id", "dim_patient": "pt_id", "fact_appointment": "appt_id", "fact_procedure": "proc_id"}
+
+
+def dsn(dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=dbname)
+
+
+def sh(*args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
+
+
+def baseline(tmp: Path) -> float:
+    """psql \\copy out of the source and into keyed tables: the same rows, the same primary keys."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BASELINE_DB)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(BASELINE_DB)))
+    with psycopg.connect(dsn(SOURCE_DB)) as src, psycopg.connect(dsn(BASELINE_DB)) as dst:
+        for table, key in TABLES.items():
+            cols = src.execute("select string_agg(format('%%I %%s', attname, format_type(atttypid, atttypmod)), ', ' "
+                               "order by attnum) from pg_attribute where attrelid = %s::regclass and attnum > 0 "
+                               "and not attisdropped", (table,)).fetchone()[0]  # type: ignore[index]
+            dst.execute(f"create table {table} ({cols}, primary key ({key}))")  # noqa: S608 - the sample's names
+    started = time.perf_counter()
+    psql = ["psql", "-h", PG["host"], "-p", str(PG["port"]), "-U", "postgres", "-X", "-q"]
+    for table in TABLES:
+        path = tmp / f"{table}.csv"
+        sh(*psql, "-d", SOURCE_DB, "-c", f"\\copy {table} to '{path}' csv")
+        sh(*psql, "-d", BASELINE_DB, "-c", f"\\copy {table} from '{path}' csv")
+    return time.perf_counter() - started
+
+
+class PeakRss:
+    """The largest RSS of any task process or dbt process while it runs."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                    if b"airflow" not in cmd and b"dbt" not in cmd:
+                        continue
+                    if b"task" not in cmd and b"dbt" not in cmd and b"supervisor" not in cmd:
+                        continue
+                    rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
+                               if line.startswith("VmRSS:"))
+                except (OSError, StopIteration, ValueError):
+                    continue
+                self.peak_kb = max(self.peak_kb, rss)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def extract(day: date) -> float:
+    """Upload the batch of ``day`` with the extractor binary; the time its last manifest landed."""
+    s3 = f"http://127.0.0.1:{os.environ.get('CLIENTFLOW_S3_PORT', '5055')}"
+    sh(str(ROOT / "dist" / "client-extractor"), "--source",
+       f"postgresql://ehrlogic_reader@{PG['host']}:{PG['port']}/{SOURCE_DB}", "--client", "ehrlogic",
+       "--date", day.isoformat(), "--output", f"s3://{os.environ.get('CLIENTFLOW_BUCKET', 'clientflow-landing')}",
+       "--endpoint-url", s3, env={**os.environ, "EXTRACTOR_DB_PASSWORD": "local-trust",
+                                  "AWS_ACCESS_KEY_ID": "local-access-key", "AWS_SECRET_ACCESS_KEY": "local-secret-key",
+                                  "AWS_DEFAULT_REGION": "us-east-1"})
+    return time.time()
+
+
+def airflow(*args: str) -> str:
+    """The Airflow CLI with the local stack's environment (scripts/stack.sh airflow-env)."""
+    return sh("bash", "-c", 'eval "$(scripts/stack.sh airflow-env)"; exec .venv/bin/airflow "$@"', "airflow", *args)
+
+
+def _run_for(meta: Any, day: date) -> str | None:
+    """An active run of the DAG that processes ``day``'s batch (a scheduled run waiting for it)."""
+    row = meta.execute(
+        "select run_id from dag_run where dag_id = %s and state in ('queued', 'running') and "
+        "(conf->>'batch_date' = %s or (conf->>'batch_date' is null and logical_date::date = %s)) "
+        "order by logical_date limit 1", (DAG, day.isoformat(), day)).fetchone()
+    return row[0] if row else None
+
+
+def run_dag(day: date, arrived: float) -> dict[str, float]:
+    """The run that processes ``day``'s batch: the scheduled one if it waits for it, else a triggered
+    one. Seconds per task, and from the batch's arrival (``arrived``) to the end of promote."""
+    with psycopg.connect(dsn("clientflow_airflow"), autocommit=True) as meta:
+        run_id = _run_for(meta, day)
+        if run_id is None:
+            run_id = f"bench__{day:%Y%m%d}_{time.time_ns()}"
+            airflow("dags", "trigger", DAG, "--run-id", run_id, "--conf", json.dumps({"batch_date": day.isoformat()}))
+        while True:
+            state = meta.execute("select state from dag_run where dag_id = %s and run_id = %s", (DAG, run_id)).fetchone()
+            if state and state[0] in ("success", "failed"):
+                break
+            time.sleep(1)
+        tasks = meta.execute("select task_id, start_date, end_date, state from task_instance where dag_id = %s and "
+                             "run_id = %s order by start_date", (DAG, run_id)).fetchall()
+    if state[0] != "success" or any(s != "success" for *_, s in tasks):
+        raise SystemExit(f"DAG run {run_id} ended {state[0]} ({tasks}); see the task logs in .stack/airflow")
+    times = {task: (end - start).total_seconds() for task, start, end, _ in tasks if task != "wait_for_batch"}
+    times["total"] = max(e for _, _, e, _ in tasks if e).timestamp() - arrived
+    return times
+
+
+def reset_client() -> None:
+    """Forget the sample client on the local stack (ledger, raw, staging, dummy and real production),
+    so each run of the benchmark starts from an empty production. The bucket keeps its files."""
+    for dbname in ("clientflow_staging", "clientflow_production"):
+        with psycopg.connect(dsn(dbname)) as conn:
+            for table in ("procedures", "appointments", "patients", "providers"):
+                conn.execute(f"delete from practice.{table} where client_id = 'ehrlogic'")  # noqa: S608
+            if dbname == "clientflow_production":
+                conn.execute("delete from practice.promotions where client_id = 'ehrlogic'")
+                continue
+            conn.execute("drop schema if exists raw_ehrlogic cascade")
+            conn.execute("drop schema if exists stg_ehrlogic cascade")
+            ids = "(select ingestion_id from pipeline.batches where client_name = 'ehrlogic')"
+            for table in ("rejects", "batch_profiles", "acceptances", "batch_events", "jobs"):
+                conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}")  # noqa: S608
+            conn.execute("delete from pipeline.batches where client_name = 'ehrlogic'")
+            conn.execute("delete from pipeline.schema_registry where client_name = 'ehrlogic'")
+
+
+def change_one_percent(patients: int) -> int:
+    """Change 1% of every table's rows at the source (names, statuses, fees): the next batch's delta."""
+    changed = 0
+    with psycopg.connect(dsn(SOURCE_DB)) as conn:
+        for table, key, column, value in (
+            ("dim_patient", "pt_id", "pt_last_nm", "pt_last_nm || 'x'"),
+            ("fact_appointment", "appt_id", "appt_status", "'Done'"),
+            ("fact_procedure", "proc_id", "proc_fee", "coalesce(proc_fee, 0) + 1"),
+            ("dim_provider", "prov_id", "prov_last_nm", "prov_last_nm || 'x'"),
+        ):
+            changed += conn.execute(f"update {table} set {column} = {value} where {key} % 100 = 7").rowcount  # noqa: S608
+    return changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=1_000_000)
+    args = parser.parse_args()
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, cwd=ROOT)
+    airflow("dags", "unpause", DAG)
+    reset_client()
+    counts = ehrlogic.create(ADMIN_DSN, SOURCE_DB, args.patients)
+    rows = sum(counts.values())
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=ROOT / ".cache") as tmp:
+        base = baseline(Path(tmp))
+    print(f"baseline: psql \\copy of {rows:,} rows out of the source and into keyed tables: {base:.1f} s")
+    today = date.today()  # the scheduled run of today, if it waits, takes the first batch
+    tomorrow = date.fromordinal(today.toordinal() + 1)
+    with PeakRss() as peak:
+        first = run_dag(today, extract(today))
+        changed = change_one_percent(args.patients)
+        second = run_dag(tomorrow, extract(tomorrow))
+    for name, times in (("first batch", first), (f"second batch ({changed:,} rows changed)", second)):
+        print(f"{name}: " + ", ".join(f"{task} {s:.1f} s" for task, s in times.items()))
+    ratio, p = first["total"] / base, second["promote"] / first["promote"]
+    print(f"first batch {first['total']:.1f} s vs baseline {base:.1f} s: ratio {ratio:.2f} (target < 6); "
+          f"1% batch's promotion {second['promote']:.1f} s vs {first['promote']:.1f} s: {p:.3f} (target < 0.1)")
+    print(f"BENCH name=e2e rows={rows} seconds={first['total']:.1f} baseline_seconds={base:.1f} ratio={ratio:.2f} "
+          f"promote_1pct_ratio={p:.3f} peak_rss_mb={peak.peak_kb / 1024:.0f}")
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BASELINE_DB)))
+    print(f"(started {datetime.now():%H:%M}; the stack keeps running: make down stops it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Undo a failed batch's merge into dummy production, so that it ends equal to production.
+
+Each dummy-production model keeps, in the same transaction as its merge, the rows the merge
+replaced and the keys it inserted (``stg_<client>.undo_<entity>``, tagged with the batch: the
+``capture_undo`` pre-hook). When a batch fails after dbt (a validation gate, the promotion),
+:func:`undo_batch` puts the replaced rows back and deletes the inserted ones: children first for
+the deletes, so no foreign key is ever broken, in one transaction. Its cost follows the size of
+the batch's changes, not of the client. Running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from clientflow.entities import ENTITY_ORDER, entity
+from clientflow.identifiers import ident
+
+SCHEMA = "practice"
+
+
+def _undo_table(client: str, name: str) -> sql.Identifier:
+    return ident(f"stg_{client}", f"undo_{name}")
+
+
+def _exists(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
+    row = conn.execute("select to_regclass(%s)", (table.as_string(conn),)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> dict[str, int]:
+    """Restore dummy production's rows of ``client`` that the batch replaced or inserted; returns
+    the rows put back per entity. The caller commits."""
+    restored: dict[str, int] = {}
+    present = [n for n in ENTITY_ORDER if _exists(conn, _undo_table(client, n))]
+    for name in present:  # put the replaced rows back (their parents all existed before the batch)
+        ours, undo = entity(name), _undo_table(client, name)
+        cols = [c for c in ours.production_columns if c not in ours.primary_key]
+        restored[name] = conn.execute(sql.SQL(
+            "update {target} as d set ({cols}) = ({old}) from {undo} as u "
+            "where u.undo_for = %s and u.existed and d.client_id = %s and d.{key} = u.undo_key"
+        ).format(target=sql.Identifier(SCHEMA, name), undo=undo, key=sql.Identifier(ours.key),
+                 cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                 old=sql.SQL(", ").join(sql.SQL("u.{}").format(sql.Identifier(c)) for c in cols)),
+            (ingestion_id, client)).rowcount
+    for name in reversed(present):  # then delete what the batch inserted, children first
+        ours, undo = entity(name), _undo_table(client, name)
+        restored[name] = restored.get(name, 0) + conn.execute(sql.SQL(
+            "delete from {target} as d using {undo} as u "
+            "where u.undo_for = %s and not u.existed and d.client_id = %s and d.{key} = u.undo_key"
+        ).format(target=sql.Identifier(SCHEMA, name), undo=undo, key=sql.Identifier(ours.key)),
+            (ingestion_id, client)).rowcount
+        conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))
+    return restored

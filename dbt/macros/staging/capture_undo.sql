@@ -1,0 +1,19 @@
+{#
+    Pre-hook of each dummy-production model, in the model's own transaction: keep the rows the
+    merge is about to replace (and the keys it is about to insert) in stg_<client>.undo_<entity>,
+    tagged with the batch. If the batch fails after dbt (a validation gate, the promotion),
+    clientflow.promotion.undo puts them back, so dummy production ends every batch equal to
+    production. A merge that fails rolls this back with it.
+#}
+{% macro capture_undo(entity, key) -%}
+    {%- set undo = quote_ident('stg_' ~ var('client')) ~ '.' ~ quote_ident('undo_' ~ entity) -%}
+    {%- set client = sql_literal(var('client')) -%}
+    create table if not exists {{ undo }} as
+        select true as existed, ''::text as undo_for, ''::text as undo_key, d.*
+        from {{ dummy_production(entity) }} as d with no data;
+    delete from {{ undo }};
+    insert into {{ undo }}
+        select d.client_id is not null, {{ sql_literal(var('ingestion_id')) }}, c.{{ key }}, d.*
+        from {{ ref('changes_' ~ entity) }} as c
+        left join {{ dummy_production(entity) }} as d on d.client_id = {{ client }} and d.{{ key }} = c.{{ key }}
+{%- endmacro %}

@@ -1,0 +1,137 @@
+{#
+    The change set of one entity for this batch: the rows of dummy production (practice.<entity>)
+    this batch writes, in production's columns, with `change` = insert | update | revive | delete.
+
+    - insert: a kept row (occurrence 1, no refused value) whose key dummy production lacks;
+    - update: a kept row whose business columns differ, unless dummy production's row comes
+      from a newer batch (source_batch_date): an older batch never overwrites a newer one;
+    - revive: a kept row whose row in dummy production was soft-deleted;
+    - delete: a row of dummy production a full snapshot no longer holds (snapshot_deletes), or a
+      child of a parent deleted in this batch that the batch does not hold either. Its values and
+      lineage stay; deleted_at is set and ingestion_id names the batch that deleted it.
+    Unchanged rows are not in the change set, so nothing rewrites them.
+#}
+{% macro changes_model(entity, key, business, parents=[]) -%}
+{%- set client = sql_literal(var('client')) -%}
+{%- set others = business | reject('in', ['client_id']) | list -%}
+with kept as (
+    select * from {{ ref('stg_' ~ entity) }}
+    where occurrence = 1 and not has_error
+),
+
+current_rows as (
+    select * from {{ dummy_production(entity) }}
+    where client_id = {{ client }}
+),
+
+upserts as (
+    select
+        {%- for c in business %}
+        k.{{ c }},
+        {%- endfor %}
+        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id,
+        {{ batch_date() }} as source_batch_date,
+        now() as synced_at,
+        k.job_id,
+        k.source_file,
+        k.source_row,
+        null::timestamptz as deleted_at,
+        null::timestamptz as promoted_at,
+        case when c.{{ key }} is null then 'insert' when c.deleted_at is not null then 'revive' else 'update' end
+            as change
+    from kept as k
+    left join current_rows as c on c.{{ key }} = k.{{ key }}
+    where c.{{ key }} is null
+        or ((c.source_batch_date is null or c.source_batch_date <= {{ batch_date() }})
+            and (c.deleted_at is not null
+                or ({% for col in others %}k.{{ col }}{{ ", " if not loop.last }}{% endfor %})
+                is distinct from ({% for col in others %}c.{{ col }}{{ ", " if not loop.last }}{% endfor %})))
+),
+
+absent as (
+    select c.*
+    from current_rows as c
+    where {{ snapshot_deletes(entity, key) }}
+        and c.deleted_at is null
+        and (c.source_batch_date is null or c.source_batch_date <= {{ batch_date() }})
+        and not exists (select 1 from {{ ref('stg_' ~ entity) }} as s where s.{{ key }} = c.{{ key }})
+    {%- for fk in parents %}
+    union
+    select c.*
+    from current_rows as c
+    where c.deleted_at is null
+        and c.{{ fk['column'] }} in (
+            select d.{{ fk['column'] }} from {{ ref('changes_' ~ fk['entity']) }} as d
+            where d.change = 'delete'
+        )
+        and not exists (select 1 from kept as k where k.{{ key }} = c.{{ key }})
+    {%- endfor %}
+),
+
+deletes as (
+    select
+        {%- for c in business %}
+        a.{{ c }},
+        {%- endfor %}
+        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id,
+        {{ batch_date() }} as source_batch_date,
+        now() as synced_at,
+        a.job_id,
+        a.source_file,
+        a.source_row,
+        now() as deleted_at,
+        null::timestamptz as promoted_at,
+        'delete' as change
+    from absent as a
+),
+
+final as (
+    select * from upserts
+    union all
+    select * from deletes
+)
+
+select * from final
+{%- endmacro %}
+
+
+{#
+    SQL that is true when this batch may soft-delete the entity's rows it does not hold: every
+    client table that feeds the entity is a full snapshot (the mapping's mode), and no row of the
+    batch has a refused key (such a row might be one of the rows that would look absent).
+#}
+{% macro snapshot_deletes(entity, key) -%}
+    {%- set spec = fromjson(var('mapping')).get(entity, {}) -%}
+    {%- if spec.get('full_snapshot') -%}
+        (not exists (select 1 from {{ ref('stg_' ~ entity) }} as n where n.{{ key }} is null))
+    {%- else -%}
+        false
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#
+    SQL that is true when the parent `fk` ({column, entity}) of a child value exists for this
+    batch: the batch keeps it, or dummy production holds it (not deleted) and the batch does not
+    delete it (a full snapshot of the parent that no longer holds it).
+#}
+{% macro parent_exists(fk, value) -%}
+    {#- our foreign keys name the parent's key column (clientflow.entities.ForeignKey) -#}
+    {%- set parent_key = fk['column'] -%}
+    (exists (
+        select 1 from {{ ref('stg_' ~ fk['entity']) }} as p
+        where p.{{ parent_key }} = {{ value }} and p.occurrence = 1 and not p.has_error
+    ) or exists (
+        select 1 from {{ dummy_production(fk['entity']) }} as d
+        where d.client_id = {{ sql_literal(var('client')) }} and d.{{ parent_key }} = {{ value }}
+            and d.deleted_at is null
+            and (not {{ snapshot_deletes(fk['entity'], parent_key) }}
+                or exists (select 1 from {{ ref('stg_' ~ fk['entity']) }} as s where s.{{ parent_key }} = {{ value }}))
+    ))
+{%- endmacro %}
+
+
+{# Dummy production's table of an entity (schema practice of the staging database). #}
+{% macro dummy_production(entity) -%}
+    practice.{{ entity }}
+{%- endmacro %}

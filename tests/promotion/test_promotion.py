@@ -1,0 +1,169 @@
+"""Promotion: all of a batch lands or none does; soft deletes and revivals; lineage to the file and
+row; tenants never meet; dummy production always ends equal to production.
+
+Real batches through the bucket, the raw load, dbt and the gates, on real PostgreSQL, Redis and S3;
+the killed promotion is a real pg_terminate_backend of the production connection mid-transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from client_extractor.contract import parse_key
+from clientflow import pipeline
+from tests.support.practice import (
+    TABLES,
+    Practice,
+    assert_dummy_equals_production,
+    mapping_for,
+    production_rows,
+    run_batch,
+    tables,
+)
+from tests.support.transform import transform
+
+DAY = date(2026, 11, 2)
+
+
+def _kill_when_blocked(admin_dsn: str, dbname: str, killed: list[int], stop: threading.Event) -> None:
+    """Terminate the backend that waits for the lock the test holds on production's patients."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        while not stop.is_set():
+            row = admin.execute("select pid from pg_stat_activity where datname = %s and wait_event_type = 'Lock' "
+                                "and query ilike %s", (dbname, "%incoming_patients%")).fetchone()
+            if row:
+                admin.execute("select pg_terminate_backend(%s)", (row[0],))
+                killed.append(row[0])
+                return
+            time.sleep(0.01)
+
+
+def test_a_promotion_killed_after_the_first_entity_leaves_production_unchanged(settings: Any, admin_dsn: str) -> None:
+    mapping = mapping_for("kill_promote")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(50, "one")))
+    before = {e: production_rows(settings, mapping.client, e, "last_name") for e in ("providers", "patients")}
+    second = tables(60, "two")
+    second[TABLES["providers"]][0]["prov_last"] = "Renamed"  # so the first entity's upsert writes a row
+    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second),
+                            airflow_run_id="t")
+    transform(settings, mapping, batch)
+    pipeline.validate(settings, mapping, batch)
+    killed: list[int] = []
+    stop = threading.Event()
+    # Providers are upserted first; the test holds production's patients, so the promotion waits
+    # there, in the middle of its transaction, and is killed while it waits.
+    blocker = psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=settings.production.dbname))
+    blocker.execute("lock table practice.patients in access exclusive mode")
+    killer = threading.Thread(target=_kill_when_blocked, args=(admin_dsn, settings.production.dbname, killed, stop))
+    killer.start()
+    try:
+        with pytest.raises(Exception, match="PostgreSQL AdminShutdown"):
+            pipeline.promote(settings, mapping, batch, airflow_run_id="t")
+    finally:
+        stop.set()
+        killer.join()
+        blocker.rollback()
+        blocker.close()
+        pipeline.mark_failed(settings, batch, "killed", airflow_run_id="t")
+    assert killed, "the promotion finished before it could be killed"
+    assert {e: production_rows(settings, mapping.client, e, "last_name") for e in ("providers", "patients")} == before
+    with psycopg.connect(settings.production.conninfo()) as conn:
+        assert conn.execute("select count(*) from practice.providers where ingestion_id = %s",
+                            (batch.ingestion_id,)).fetchone() == (0,)  # the first entity's upsert was rolled back
+    assert_dummy_equals_production(settings, mapping.client)
+
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second))  # the retry
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P55"] == ("Name55-two",)
+    assert production_rows(settings, mapping.client, "providers", "last_name")["D0"] == ("Renamed",)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_full_snapshot_soft_deletes_a_removed_row_and_revives_it(settings: Any) -> None:
+    mapping = mapping_for("softdel")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4, "one")))
+    second = tables(4, "two")
+    second[TABLES["patients"]] = [p for p in second[TABLES["patients"]] if p["pt_id"] != "P2"]
+    second[TABLES["appointments"]] = [a for a in second[TABLES["appointments"]] if a["pt_id"] != "P2"]
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second))
+
+    gone = production_rows(settings, mapping.client, "patients", "deleted_at", "last_name")
+    assert gone["P2"][0] is not None and gone["P2"][1] == "Name2-one"  # soft-deleted, its last values kept
+    assert all(v[0] is None for k, v in gone.items() if k != "P2")
+    assert production_rows(settings, mapping.client, "appointments", "deleted_at")["A2"][0] is not None
+    assert_dummy_equals_production(settings, mapping.client)
+
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=2), "r3", tables(4, "three")))
+    back = production_rows(settings, mapping.client, "patients", "deleted_at", "last_name")
+    assert back["P2"] == (None, "Name2-three")  # revived when it returns
+    assert production_rows(settings, mapping.client, "appointments", "deleted_at")["A2"] == (None,)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_children_of_a_deleted_parent_are_deleted_with_it_and_incremental_batches_never_delete(settings: Any) -> None:
+    full = mapping_for("cascade")
+    specs = {n: s.model_dump(exclude_none=True) for n, s in full.tables.items()}
+    specs[TABLES["appointments"]]["mode"] = "incremental"
+    mapping = mapping_for("cascade", tables=specs)
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4, "one")))
+    second = tables(4, "two", visits=0)  # the incremental appointments table sends nothing new
+    second[TABLES["patients"]] = [p for p in second[TABLES["patients"]] if p["pt_id"] != "P1"]
+    second[TABLES["appointments"]] = [{"appt_id": "A9", "pt_id": "P0", "prov_id": "D0",
+                                       "appt_start": "2026-11-03T09:00:00Z", "appt_len": 30, "appt_status": "completed"}]
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second))
+
+    deleted = {k for k, (at,) in production_rows(settings, mapping.client, "appointments", "deleted_at").items() if at}
+    assert deleted == {"A1"}  # P1's appointment, with P1; A0, A2, A3 stay though absent from the increment
+    assert "A9" in production_rows(settings, mapping.client, "appointments")
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_production_row_traces_to_its_file_and_row(settings: Any) -> None:
+    mapping = mapping_for("lineage")
+    batch = run_batch(settings, mapping, Practice(settings, mapping.client).write(DAY, "r1", tables(5)))
+    job_id, source_file, source_row, ingestion_id, promoted_at = production_rows(
+        settings, mapping.client, "patients", "job_id", "source_file", "source_row", "ingestion_id", "promoted_at")["P3"]
+    assert ingestion_id == batch.ingestion_id and promoted_at is not None
+    key = source_file.removeprefix(f"s3://{settings.s3.bucket}/")
+    assert parse_key(key).table == TABLES["patients"]  # type: ignore[union-attr]
+    rows = json.loads(settings.s3.client().get_object(Bucket=settings.s3.bucket, Key=key)["Body"].read())
+    assert rows[source_row - 1]["pt_id"] == "P3"
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert conn.execute("select source_file from pipeline.jobs where job_id = %s and ingestion_id = %s",
+                            (job_id, ingestion_id)).fetchone() == (key,)
+
+
+def test_two_tenants_with_the_same_keys_keep_their_own_rows(settings: Any) -> None:
+    for client, version in (("tenant_a", "a"), ("tenant_b", "b")):
+        run_batch(settings, mapping_for(client), Practice(settings, client).write(DAY, "r1", tables(3, version)))
+    assert production_rows(settings, "tenant_a", "patients", "last_name")["P1"] == ("Name1-a",)
+    assert production_rows(settings, "tenant_b", "patients", "last_name")["P1"] == ("Name1-b",)
+    run_batch(settings, mapping_for("tenant_b"), Practice(settings, "tenant_b").write(
+        DAY + timedelta(days=1), "r2", tables(3, "b2")))
+    assert production_rows(settings, "tenant_a", "patients", "last_name")["P1"] == ("Name1-a",)
+    assert production_rows(settings, "tenant_b", "patients", "last_name")["P1"] == ("Name1-b2",)
+
+
+def test_a_batch_that_changes_one_row_writes_one_row(settings: Any) -> None:
+    mapping = mapping_for("one_change")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(20)))
+    again = tables(20)
+    again[TABLES["patients"]][7]["pt_last"] = "Changed"
+    batch = run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", again))
+    with psycopg.connect(settings.production.conninfo()) as conn:
+        written = conn.execute("select rows_written from practice.promotions where ingestion_id = %s",
+                               (batch.ingestion_id,)).fetchone()[0]
+        versions = dict(conn.execute("select patient_id, ingestion_id from practice.patients where client_id = %s",
+                                     (mapping.client,)).fetchall())
+    assert written == {"providers": 0, "patients": 1, "appointments": 0}
+    assert [p for p, i in versions.items() if i == batch.ingestion_id] == ["P7"]
