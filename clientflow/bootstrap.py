@@ -77,6 +77,12 @@ def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outd
         _ensure_database(admin, staging_db, STAGING_ROLE, reset_outdated)
         _ensure_database(admin, production_db, "postgres", reset_outdated)
 
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        # Both write a batch with per-row foreign-key triggers off and check the keys once per
+        # batch instead (clientflow.promotion.promote, the dummy_upsert materialization).
+        admin.execute(sql.SQL("grant set on parameter session_replication_role to {}, {}").format(
+            sql.Identifier(STAGING_ROLE), sql.Identifier(PROMOTER_ROLE)))
+
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=staging_db)) as conn:
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(STAGING_ROLE)))
         apply_production_ddl(conn)

@@ -103,10 +103,10 @@ PIPELINE_COLUMNS = (
     Column("source_row", "bigint", required=True, description="The row's position in that file, from 1."),
     Column("deleted_at", "timestamptz",
            description="Set when a full snapshot no longer held the row (or its parent); NULL while it exists."),
-    Column("promoted_at", "timestamptz", description="When the batch that last wrote the row reached production."),
 )
 """Ours on every production table, after the entity's own columns: lineage (any value traces back
-to its file and row), the soft delete, and the promotion."""
+to its file and row) and the soft delete. When the row reached production is its batch's row in
+``practice.promotions`` (by ``ingestion_id``)."""
 LINEAGE_COLUMNS = ("job_id", "source_file", "source_row")
 
 _NONEMPTY = "{} <> ''"

@@ -15,8 +15,6 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from psycopg import sql
-
 from client_extractor.contract import RUN_ID, RUN_ID_RULE
 from clientflow import promotion, validation
 from clientflow.arrival import ArrivedTable, batch_files, complete_runs, read_manifests
@@ -150,6 +148,7 @@ def _load(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, arri
                 body = s3.get_object(Bucket=settings.s3.bucket, Key=data_key)["Body"]
                 result = raw.load_table(conn, schema, manifest, body, ingestion_id=ingestion_id,
                                         source_file=f"s3://{settings.s3.bucket}/{data_key}")
+                raw.analyze(conn, schema, manifest.table)  # the staging models' plans need the statistics
             loaded.append(LoadedFile(manifest.table, manifest.job_id, data_key, result.rows,
                                      result.byte_size, result.sha256))
             log.info("[%s] loaded %d rows (%d bytes, sha256 verified)", where.describe(), result.rows,
@@ -185,8 +184,8 @@ def validate(settings: PipelineSettings, mapping: ClientMapping, batch: Batch) -
 
 def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
             airflow_run_id: str | None = None) -> dict[str, dict[str, int]]:
-    """Copy the batch's changes into production in one transaction, then mark SUCCESS, set the
-    same promoted_at in dummy production, and prune old raw batches.
+    """Copy the batch's changes into production in one transaction, then mark SUCCESS and prune
+    old raw batches.
 
     The staging transaction holds the client's fence row (``locks.check``) until production has
     committed, so a run whose lock was taken over cannot commit, and a newer holder cannot start
@@ -196,12 +195,9 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
     with connect(settings.staging, batch.where(), "promoting (staging)") as staging:
         locks.check(staging, lock)
         with connect(settings.production, batch.where(), "promoting (production)") as production:
-            counts, promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id, batch.day,
+            counts, _promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id, batch.day,
                                                     mapping.entities)
             production.commit()
-        for name in mapping.entities:
-            staging.execute(sql.SQL("update {} set promoted_at = %s where client_id = %s and ingestion_id = %s").format(
-                sql.Identifier("practice", name)), (promoted_at, mapping.client, ingestion_id))
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
                               "kept_newer": c.kept_newer, "unchanged": c.unchanged} for c in counts}
         ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))

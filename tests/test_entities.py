@@ -55,9 +55,6 @@ def declared_ddl(entity: Entity) -> sql.Composable:
     create = sql.SQL("create table {} ({})").format(sql.Identifier(entity.name), sql.SQL(", ").join(items))
     indexes = [sql.SQL("create index on {} ({}, {})").format(
         sql.Identifier(entity.name), sql.Identifier(CLIENT_KEY), sql.Identifier(fk.column)) for fk in entity.parents]
-    # every table: a batch's rows are looked up by (client_id, ingestion_id) when it is promoted
-    indexes.append(sql.SQL("create index on {} ({}, ingestion_id)").format(
-        sql.Identifier(entity.name), sql.Identifier(CLIENT_KEY)))
     return sql.SQL("; ").join([create, *indexes])
 
 

@@ -209,6 +209,11 @@ def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool
     return row is not None and row[0] is not None
 
 
+def analyze(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
+    """Refresh a raw table's statistics after a load (a sample: a fraction of a second)."""
+    conn.execute(sql.SQL("analyze {}").format(ident(schema, table)))
+
+
 def discard_batch(conn: psycopg.Connection[Any], schema: str, table: str, ingestion_id: str) -> None:
     """Remove a batch's earlier attempt from a raw table (a retry replaces it, never another batch)."""
     if table_exists(conn, schema, table):

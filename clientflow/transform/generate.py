@@ -89,17 +89,19 @@ def changes_sql(entity: Entity) -> str:
 
 def practice_sql(entity: Entity) -> str:
     keys = ", ".join(f"'{k}'" for k in entity.primary_key)
-    order = "-- Foreign keys: merged after the parents it references.\n" if entity.parents else ""
-    parents = _depends_on(*(fk.parent for fk in entity.parents))
-    columns = _columns(entity.production_columns, 4)
+    depends = _depends_on(*(fk.parent for fk in entity.parents))
+    order = "-- Foreign keys: written after the parents it references.\n" if entity.parents else ""
+    columns = _columns((*entity.production_columns, "change"), 4)
     return f"""-- {HEADER}
--- Dummy production's {entity.name}: the batch's changes merged in (the same DDL as production).
--- The pre-hook keeps the rows the merge replaces, so a batch that fails later is undone.
+-- Dummy production's {entity.name}: the batch's changes written in (the same DDL as production;
+-- materialization dummy_upsert). The pre-hook keeps the rows it replaces, so a batch that fails
+-- later is undone.
 {{{{ config(
     unique_key=[{keys}],
+    parents={_parents(entity)},
     pre_hook=["{{{{ capture_undo('{entity.name}', '{entity.key}') }}}}"],
 ) }}}}
-{order}{parents}
+{order}{depends}
 select
     {columns}
 from {{{{ ref('changes_{entity.name}') }}}}

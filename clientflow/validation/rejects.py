@@ -42,21 +42,22 @@ class TableRejects:
 def record(conn: psycopg.Connection[Any], mapping: ClientMapping, ingestion_id: str) -> list[TableRejects]:
     """Replace the batch's rows in pipeline.rejects with what staging refused; per-table counts."""
     conn.execute("delete from pipeline.rejects where ingestion_id = %s", (ingestion_id,))
+    reason = sql.SQL("case v.rule {} else v.rule end").format(sql.SQL(" ").join(
+        sql.SQL("when {} then {}").format(sql.Literal(code), sql.Literal(text)) for code, text in REASONS.items()))
     for name in mapping.entities:
         ours = our_entity(name)
-        stg = ident(staging_schema(mapping.client), f"stg_{name}")
-        for column in ours.column_names:
-            error = sql.Identifier(f"{column}__error")
-            reason = sql.SQL("case {} {} else {} end").format(error, sql.SQL(" ").join(
-                sql.SQL("when {} then {}").format(sql.Literal(code), sql.Literal(text))
-                for code, text in REASONS.items()), error)
-            conn.execute(sql.SQL(
-                "insert into pipeline.rejects (ingestion_id, client_name, job_id, table_name, entity, source_key, "
-                "source_file, source_row, column_name, rule, reason) "
-                "select ingestion_id, %s, job_id, source_table, %s, {key}::text, source_file, source_row, %s, {error}, "
-                "{reason} from {stg} where ingestion_id = %s and occurrence = 1 and {error} is not null"
-            ).format(key=sql.Identifier(ours.key), error=error, reason=reason, stg=stg),
-                (mapping.client, name, column, ingestion_id))
+        # one pass over the rows with an error, each refused value of a row one reject
+        values = sql.SQL(", ").join(sql.SQL("({}, s.{})").format(sql.Literal(c), sql.Identifier(f"{c}__error"))
+                                    for c in ours.column_names)
+        conn.execute(sql.SQL(
+            "insert into pipeline.rejects (ingestion_id, client_name, job_id, table_name, entity, source_key, "
+            "source_file, source_row, column_name, rule, reason) "
+            "select s.ingestion_id, %s, s.job_id, s.source_table, %s, s.{key}::text, s.source_file, s.source_row, "
+            "v.column_name, v.rule, {reason} from {stg} s cross join lateral (values {values}) as v(column_name, rule) "
+            "where s.ingestion_id = %s and s.occurrence = 1 and s.has_error and v.rule is not null"
+        ).format(key=sql.Identifier(ours.key), reason=reason, values=values,
+                 stg=ident(staging_schema(mapping.client), f"stg_{name}")),
+            (mapping.client, name, ingestion_id))
     return summarize(conn, mapping, ingestion_id)
 
 

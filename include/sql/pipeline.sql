@@ -73,14 +73,16 @@ create table if not exists pipeline.client_fence (
 
 -- The one definition of "this run still owns the client", used by the pipeline's write
 -- transactions (clientflow.operations.locks.check) and by every dbt model (macro fence_check): lock
--- the client's fence row until the caller's transaction ends, and refuse a token that is not the
--- current one (SQLSTATE CF001, the current token in DETAIL).
+-- the client's fence row (shared: the run's own transactions and dbt's threads run side by side)
+-- until the caller's transaction ends, so a newer holder cannot take the client over (its update
+-- of the row waits) while this write is under way; and refuse a token that is not the current one
+-- (SQLSTATE CF001, the current token in DETAIL).
 create or replace function pipeline.check_fence(client text, expected bigint) returns void
 language plpgsql as $$
 declare
     current_token bigint;
 begin
-    select token into current_token from pipeline.client_fence where client_name = client for update;
+    select token into current_token from pipeline.client_fence where client_name = client for share;
     if current_token is distinct from expected then
         raise exception 'clientflow: fencing token % of client % is stale: a newer run took the lock over',
             expected, client
@@ -148,3 +150,16 @@ create table if not exists pipeline.acceptances (
     gates           text[]      not null,
     accepted_at     timestamptz not null default clock_timestamp()
 );
+
+-- The foreign-key check of a batch's writes, once per key and batch (the staging models'
+-- dummy_upsert, the promotion): with per-row triggers off, `orphans` rows of `what` refer to no
+-- parent; any is an error, as the trigger's would have been (SQLSTATE 23503).
+create or replace function pipeline.require_parents(orphans bigint, what text) returns void
+language plpgsql as $$
+begin
+    if orphans > 0 then
+        raise exception 'clientflow: % row(s) of % refer to no parent row', orphans, what
+            using errcode = '23503';
+    end if;
+end
+$$;

@@ -25,7 +25,6 @@ create table if not exists providers (
     source_file    text        not null,
     source_row     bigint      not null,
     deleted_at     timestamptz,
-    promoted_at    timestamptz,
     primary key (client_id, provider_id)
 );
 
@@ -47,7 +46,6 @@ create table if not exists patients (
     source_file    text        not null,
     source_row     bigint      not null,
     deleted_at     timestamptz,
-    promoted_at    timestamptz,
     primary key (client_id, patient_id)
 );
 
@@ -68,7 +66,6 @@ create table if not exists appointments (
     source_file    text        not null,
     source_row     bigint      not null,
     deleted_at     timestamptz,
-    promoted_at    timestamptz,
     primary key (client_id, appointment_id),
     foreign key (client_id, patient_id) references patients (client_id, patient_id),
     foreign key (client_id, provider_id) references providers (client_id, provider_id)
@@ -95,7 +92,6 @@ create table if not exists procedures (
     source_file    text        not null,
     source_row     bigint      not null,
     deleted_at     timestamptz,
-    promoted_at    timestamptz,
     primary key (client_id, procedure_id),
     foreign key (client_id, appointment_id) references appointments (client_id, appointment_id),
     check ((code_system = 'cdt' and code ~ '^D[0-9]{4}$') or (code_system = 'cpt' and code ~ '^[0-9]{4}[0-9A-Z]$'))
@@ -103,14 +99,10 @@ create table if not exists procedures (
 
 create index if not exists procedures_appointment_idx on procedures (client_id, appointment_id);
 
--- Lookups of one batch's rows (promotion copies the rows a batch wrote, and only those).
-create index if not exists providers_batch_idx on providers (client_id, ingestion_id);
-create index if not exists patients_batch_idx on patients (client_id, ingestion_id);
-create index if not exists appointments_batch_idx on appointments (client_id, ingestion_id);
-create index if not exists procedures_batch_idx on procedures (client_id, ingestion_id);
-
 -- One row per promoted batch, written in the promotion's own transaction: if it is here, the
 -- batch is in production (the ledger in the staging database may lag behind after a crash).
+-- A row's promotion time is its batch's promoted_at here (join on ingestion_id): one row per
+-- batch rather than a value rewritten on every row the batch wrote.
 create table if not exists promotions (
     client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
     ingestion_id   text        not null,

@@ -36,7 +36,6 @@ upserts as (
         k.source_file,
         k.source_row,
         null::timestamptz as deleted_at,
-        null::timestamptz as promoted_at,
         case when c.{{ key }} is null then 'insert' when c.deleted_at is not null then 'revive' else 'update' end
             as change
     from kept as k
@@ -64,7 +63,10 @@ absent as (
             select d.{{ fk['column'] }} from {{ ref('changes_' ~ fk['entity']) }} as d
             where d.change = 'delete'
         )
-        and not exists (select 1 from kept as k where k.{{ key }} = c.{{ key }})
+        and not exists (
+            select 1 from {{ ref('stg_' ~ entity) }} as k
+            where k.{{ key }} = c.{{ key }} and k.occurrence = 1 and not k.has_error
+        )
     {%- endfor %}
 ),
 
@@ -80,7 +82,6 @@ deletes as (
         a.source_file,
         a.source_row,
         now() as deleted_at,
-        null::timestamptz as promoted_at,
         'delete' as change
     from absent as a
 ),
@@ -107,27 +108,6 @@ select * from final
     {%- else -%}
         false
     {%- endif -%}
-{%- endmacro %}
-
-
-{#
-    SQL that is true when the parent `fk` ({column, entity}) of a child value exists for this
-    batch: the batch keeps it, or dummy production holds it (not deleted) and the batch does not
-    delete it (a full snapshot of the parent that no longer holds it).
-#}
-{% macro parent_exists(fk, value) -%}
-    {#- our foreign keys name the parent's key column (clientflow.entities.ForeignKey) -#}
-    {%- set parent_key = fk['column'] -%}
-    (exists (
-        select 1 from {{ ref('stg_' ~ fk['entity']) }} as p
-        where p.{{ parent_key }} = {{ value }} and p.occurrence = 1 and not p.has_error
-    ) or exists (
-        select 1 from {{ dummy_production(fk['entity']) }} as d
-        where d.client_id = {{ sql_literal(var('client')) }} and d.{{ parent_key }} = {{ value }}
-            and d.deleted_at is null
-            and (not {{ snapshot_deletes(fk['entity'], parent_key) }}
-                or exists (select 1 from {{ ref('stg_' ~ fk['entity']) }} as s where s.{{ parent_key }} = {{ value }}))
-    ))
 {%- endmacro %}
 
 
