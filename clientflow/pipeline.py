@@ -171,12 +171,13 @@ def validate(settings: PipelineSettings, mapping: ClientMapping, batch: Batch) -
         locks.check(conn, batch.require_lock())
         report = validation.run(conn, mapping, batch)
     for c in report.counts:
-        log.info("[%s] %s: %d raw rows, %d kept, %d refused, %d duplicates collapsed; writes %s",
-                 batch.where().describe(), c.entity, c.raw_rows, c.kept_rows, c.refused_rows,
-                 c.duplicates_collapsed, c.changes or "nothing")
+        log.info("[%s] %s: %d raw rows, %d kept (%d held newer from a later batch), %d refused, "
+                 "%d duplicates collapsed; writes %s", batch.where().describe(), c.entity, c.raw_rows, c.kept_rows,
+                 c.kept_newer, c.refused_rows, c.duplicates_collapsed, c.changes or "nothing")
     return {
         "kept": {c.entity: c.kept_rows for c in report.counts},
         "refused": {t.table: t.refused_rows for t in report.rejects},
+        "kept_newer": {c.entity: c.kept_newer for c in report.counts},
         "changes": {c.entity: c.changes for c in report.counts},
         "accepted_gates": sorted(report.accepted),
     }
@@ -199,7 +200,7 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
                                                     mapping.entities)
             production.commit()
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
-                              "kept_newer": c.kept_newer, "unchanged": c.unchanged} for c in counts}
+                              "unchanged": c.unchanged} for c in counts}
         ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
         raw.delete_batches(staging, raw_schema(mapping.client), mapping.source_tables,
                            ledger.prunable(staging, mapping.client, mapping.raw_retention_batches))

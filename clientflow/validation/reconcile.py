@@ -42,6 +42,9 @@ class EntityCounts:
     kept_rows: int
     in_dummy_production: int
     """Kept rows whose key dummy production holds after the merge (it must be all of them)."""
+    kept_newer: int
+    """Kept rows left out of the change set because dummy production holds them from a newer
+    batch date: a late upload of yesterday's files never undoes today's."""
     changes: dict[str, int]
     """What the batch writes: insert, update, revive, delete (changes_<entity>)."""
 
@@ -60,10 +63,11 @@ def count_entity(conn: psycopg.Connection[Any], mapping: ClientMapping, batch: B
         "select count(*), count(*) filter (where occurrence > 1), "
         "count(*) filter (where occurrence = 1 and has_error) from {} where ingestion_id = %s").format(stg),
         (ingestion_id,))
-    kept, present = one_row(conn, sql.SQL(
-        "select count(*), count(d.{key}) from {stg} s left join {dummy} d on d.client_id = %s and d.{key} = s.{key} "
+    kept, present, newer = one_row(conn, sql.SQL(
+        "select count(*), count(d.{key}), count(*) filter (where d.source_batch_date > %s) "
+        "from {stg} s left join {dummy} d on d.client_id = %s and d.{key} = s.{key} "
         "where s.ingestion_id = %s and s.occurrence = 1 and not s.has_error").format(
-        key=key, stg=stg, dummy=ident(DUMMY_PRODUCTION, name)), (client, ingestion_id))
+        key=key, stg=stg, dummy=ident(DUMMY_PRODUCTION, name)), (batch.day, client, ingestion_id))
     changes = dict(conn.execute(sql.SQL("select change, count(*) from {} group by change").format(
         ident(staging_schema(client), f"changes_{name}"))).fetchall())
     return EntityCounts(
@@ -71,7 +75,7 @@ def count_entity(conn: psycopg.Connection[Any], mapping: ClientMapping, batch: B
         manifest_rows=sum(batch.rows_of(t) for t in tables),
         raw_rows=sum(raw.batch_rows(conn, raw_schema(client), t, ingestion_id) for t in tables),
         staged_rows=staged, duplicates_collapsed=duplicates, refused_rows=refused, kept_rows=kept,
-        in_dummy_production=present, changes=changes,
+        in_dummy_production=present, kept_newer=newer, changes=changes,
     )
 
 
