@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e clean
+.PHONY: install demo test test-stack up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -40,6 +40,12 @@ test: install
 	$(MAKE) --no-print-directory lint
 	mkdir -p .cache/tmp
 	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest
+
+# What users do on the running stack (the scheduler and triggerer, bucket events): starts the
+# stack if needed and leaves it running (make down stops it).
+test-stack: install extractor
+	mkdir -p .cache/tmp
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -m stack tests/stack -s
 
 up: install
 	scripts/stack.sh up

@@ -43,7 +43,7 @@ def stage(func: F) -> F:
             AirflowSkipException,
         )
 
-        from clientflow.errors import DuplicateBatch, PermanentError, Where
+        from clientflow.errors import DuplicateBatch, NothingToProcess, PermanentError, Where
         from clientflow.faults import named
         from clientflow.operations.locks import LockBusy
 
@@ -52,6 +52,8 @@ def stage(func: F) -> F:
                 return func(*args, **kwargs)
         except DuplicateBatch as dup:
             raise AirflowSkipException(f"duplicate: {dup}") from None
+        except NothingToProcess as nothing:
+            raise AirflowSkipException(str(nothing)) from None
         except LockBusy as busy:
             log.info("%s; asking again in %s", busy, LOCK_WAIT)
             raise AirflowRescheduleException(datetime.now(UTC) + LOCK_WAIT) from None
@@ -72,8 +74,34 @@ def run_plan(client: str, context: dict[str, Any]) -> dict[str, Any]:
     from clientflow import pipeline
 
     params = context["params"]
-    planned = pipeline.plan(client, params.get("batch_date"), params.get("run_id"), context.get("logical_date"))
+    planned = pipeline.plan(client, params.get("batch_date"), params.get("run_id"), context.get("logical_date"),
+                            _announced(client, context))
     return planned.to_xcom()
+
+
+def _announced(client: str, context: dict[str, Any]) -> Any:
+    """The batches the bucket's messages of this run announce; None for a run no event started."""
+    from clientflow.arrival import events
+
+    asset_events = context.get("triggering_asset_events") or {}
+    if not any(True for found in asset_events.values() for _ in found):
+        return None
+    return events.announced_batches(client, events.messages_of(asset_events), where=f"client={client}")
+
+
+@stage
+def run_next_batch(mapping: ClientMapping, planned: dict[str, Any] | None) -> dict[str, Any]:
+    """The sweep's next batch, as the conf and run id of the run that takes it; skipped if none."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from clientflow import pipeline
+    from clientflow.batch import Batch
+
+    found = pipeline.next_batch(_settings(), mapping, Batch.from_xcom(planned) if planned else None,
+                                datetime.now(UTC).date())
+    if found is None:
+        raise AirflowSkipException("no other complete batch waits in the bucket")
+    return {"conf": found, "run_id": f"sweep__{found['batch_date']}__{found['run_id']}"}
 
 
 @stage

@@ -6,6 +6,8 @@
     clientflow reoffer ID --by NAME --reason WHY             let a batch run again after a mapping fix
     clientflow mapping-schema          print the mapping files' JSON Schema (include/mappings/mapping.schema.json)
     clientflow manifest-schema         print the manifest's JSON Schema (docs/manifest.schema.json)
+    clientflow bucket-events           create the bucket if missing, each client's SQS queue, and the
+                                       bucket's manifest notifications to them (idempotent)
 """
 
 from __future__ import annotations
@@ -56,6 +58,33 @@ def _manifest_schema(_args: argparse.Namespace) -> int:
     from clientflow.arrival.manifest import json_schema
 
     sys.stdout.write(json_schema())
+    return 0
+
+
+def _bucket_events(_args: argparse.Namespace) -> int:
+    import boto3
+
+    from clientflow.arrival import events
+    from clientflow.config import PipelineSettings
+    from clientflow.mapping import MappingError, load_mapping, mapping_files
+
+    s3_settings = PipelineSettings.from_settings_file().s3
+    s3 = s3_settings.client()
+    secret = s3_settings.secret_access_key
+    sqs = boto3.client("sqs", endpoint_url=s3_settings.endpoint_url, region_name=s3_settings.region_name,
+                       aws_access_key_id=s3_settings.access_key_id.get_secret_value() if s3_settings.access_key_id
+                       else None, aws_secret_access_key=secret.get_secret_value() if secret else None)
+    if s3_settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=s3_settings.bucket)
+    clients = []
+    for path in mapping_files():
+        try:
+            clients.append(load_mapping(path).client)
+        except MappingError as exc:
+            print(f"{path.name}: skipped, the mapping cannot be used ({exc.problems[0] if exc.problems else exc})",
+                  file=sys.stderr)
+    for client, url in events.configure(s3, sqs, s3_settings.bucket, clients).items():
+        print(f"{client}: s3://{s3_settings.bucket}/client={client}/**/manifest.json -> {url}")
     return 0
 
 
@@ -144,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
             action.add_argument("--gate", action="append", help="a gate to accept (default: every acceptable gate)")
         action.set_defaults(run=run)
     commands.add_parser("manifest-schema", help="print the manifest's JSON Schema").set_defaults(run=_manifest_schema)
+    commands.add_parser("bucket-events", help="set up the bucket's manifest notifications to each client's queue"
+                        ).set_defaults(run=_bucket_events)
     return root
 
 

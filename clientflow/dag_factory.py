@@ -21,11 +21,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.sdk import DAG, Param, get_parsing_context, task
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    AssetWatcher,
+    CronTriggerTimetable,
+    Param,
+    get_parsing_context,
+    task,
+)
 
 from client_extractor.contract import RUN_ID
 from clientflow import airflow_edge as edge
 from clientflow.arrival.batches import sensor_check
+from clientflow.arrival.events import EventSettings
 from clientflow.mapping import MAPPINGS_DIR, ClientMapping, MappingError, load_mapping, mapping_files
 from clientflow.transform.dbt_group import dbt_task_group
 
@@ -61,12 +72,37 @@ def _default_args(mapping: ClientMapping) -> dict[str, Any]:
     }
 
 
-def build_client_dag(mapping: ClientMapping) -> DAG:
+def manifests_asset(mapping: ClientMapping, events: EventSettings) -> Asset:
+    """The client's manifest uploads, as an asset whose watcher reads the client's SQS queue in
+    the triggerer (clientflow.arrival.events)."""
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    trigger = MessageQueueTrigger(
+        scheme="sqs", sqs_queue=events.url_for(mapping.client), aws_conn_id=edge.IDS.s3,
+        max_messages=events.max_messages, wait_time_seconds=events.wait_seconds, waiter_delay=events.delay_seconds,
+    )
+    return Asset(name=f"clientflow_{mapping.client}_manifests", uri=f"clientflow-events://manifests/{mapping.client}",
+                 watchers=[AssetWatcher(name=f"clientflow_{mapping.client}_manifests_queue", trigger=trigger)])
+
+
+def schedule_of(mapping: ClientMapping, events: EventSettings | None) -> Any:
+    """The mapping's time-based schedule, and, when the deployment has bucket events, the
+    client's manifests asset beside it: a run starts at either (the timetable keeps
+    ``airflow backfill create`` working)."""
+    if events is None:
+        return mapping.schedule
+    asset = manifests_asset(mapping, events)
+    if mapping.schedule is None:
+        return [asset]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(mapping.schedule, timezone="UTC"), assets=asset)
+
+
+def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None) -> DAG:
     client = mapping.client
     with DAG(
         dag_id=f"client_{client}",
         description=f"Arrival -> raw -> dbt -> validate -> promote for {mapping.display_name}",
-        schedule=mapping.schedule,
+        schedule=schedule_of(mapping, events),
         start_date=datetime.combine(mapping.start_date, datetime.min.time(), tzinfo=ZoneInfo("UTC")),
         catchup=False,
         max_active_runs=1,
@@ -89,7 +125,11 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
             check_fn=sensor_check(mapping),
             deferrable=True,
             poke_interval=30,
-            timeout=timedelta(hours=20).total_seconds(),
+            # Without bucket events the scheduled run is how a batch is found: it waits all day.
+            # With them, every manifest starts a run, so a run waits briefly and then ends skipped
+            # (not failed), leaving the client free; its sweep still runs.
+            timeout=(events.sensor_timeout if events else timedelta(hours=20)).total_seconds(),
+            soft_fail=events is not None,
         )
 
         @task
@@ -108,8 +148,18 @@ def build_client_dag(mapping: ClientMapping) -> DAG:
         def promote(loaded: dict[str, Any], **context: Any) -> dict[str, Any]:
             return edge.run_promote(mapping, loaded, context)
 
+        @task(trigger_rule="none_failed", multiple_outputs=True)
+        def next_batch(planned: dict[str, Any] | None) -> dict[str, Any]:
+            return edge.run_next_batch(mapping, planned)
+
         # TaskFlow passes XComArgs where the functions take their values: mypy cannot see that.
         planned = plan()
+        following = next_batch(planned)  # type: ignore[arg-type]
+        following >> TriggerDagRunOperator(  # type: ignore[operator]
+            task_id="run_next_batch", trigger_dag_id=f"client_{client}",
+            trigger_run_id=following["run_id"],  # type: ignore[index]
+            conf=following["conf"], skip_when_already_exists=True,  # type: ignore[index]
+        )
         found = find_batch(planned)  # type: ignore[arg-type]
         loaded = ingest(found)  # type: ignore[arg-type]
         transform = dbt_task_group(mapping, edge.IDS)
@@ -152,13 +202,14 @@ def broken_mapping_dag(dag_id: str, path: Path, error: Exception) -> DAG:
 def build_dags(directory: Path = MAPPINGS_DIR) -> dict[str, DAG]:
     """Every client's DAG by id, from the mapping files in ``directory``, sorted."""
     wanted = get_parsing_context().dag_id
+    events = EventSettings.from_env()  # the deployment's bucket events (None: time-based schedules only)
     dags: dict[str, DAG] = {}
     for path in mapping_files(directory):
         dag_id = dag_id_for(path)
         if wanted is not None and wanted != dag_id:
             continue  # a task process of another DAG: skip this client's files entirely
         try:
-            dags[dag_id] = build_client_dag(load_mapping(path))
+            dags[dag_id] = build_client_dag(load_mapping(path), events)
         except Exception as exc:  # noqa: BLE001 - one client's fault must not cost the others
             log.error("client mapping %s cannot be used: %s", path.name, exc)
             dags[dag_id] = broken_mapping_dag(dag_id, path, exc)

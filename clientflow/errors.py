@@ -74,6 +74,10 @@ class ValidationFailed(PermanentError):
     """A validation gate refused the batch before promotion."""
 
 
+class NothingToProcess(Exception):
+    """The run has no batch to process (every message that started it was dropped); not an error."""
+
+
 class DuplicateBatch(Exception):
     """The batch was already promoted; not an error."""
 

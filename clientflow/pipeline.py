@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from client_extractor.contract import RUN_ID, RUN_ID_RULE
 from clientflow import promotion, validation
-from clientflow.arrival import ArrivedTable, batch_files, complete_runs, read_manifests
+from clientflow.arrival import ArrivedTable, batch_files, complete_batches, complete_runs, read_manifests
+from clientflow.arrival.events import Announced
 from clientflow.batch import Batch, ClientLock, LoadedFile
 from clientflow.config import PipelineSettings
 from clientflow.db import connect
-from clientflow.errors import BadInputError, DuplicateBatch, TransientError, Where
+from clientflow.errors import BadInputError, DuplicateBatch, NothingToProcess, TransientError, Where
 from clientflow.faults import named
 from clientflow.identifiers import raw_schema
 from clientflow.integrity import registry
@@ -32,13 +34,24 @@ from clientflow.operations import ledger, locks
 log = logging.getLogger(__name__)
 
 
-def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | None) -> Batch:
-    """The batch to wait for: the ``batch_date`` param, else the run's logical date, else today.
+def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | None,
+         announced: Sequence[Announced] | None = None) -> Batch:
+    """The batch to wait for: the ``batch_date`` param, else the oldest batch the bucket's
+    messages announced (a run started by bucket events), else the run's logical date, else today.
 
     Scheduled runs and ``airflow backfill create`` runs carry a logical date and no params, so a
-    backfill reprocesses each date from the JSON files kept in the bucket.
+    backfill reprocesses each date from the JSON files kept in the bucket. ``announced`` is None
+    for a run no bucket event started; an empty list means every message of the run was dropped.
     """
     where = Where(client=client)
+    if batch_date in (None, "") and announced is not None:
+        if not announced:
+            raise NothingToProcess("every bucket message of this run was dropped (the lines above say why)")
+        first, *others = announced
+        if others:
+            log.info("[%s] the messages announce %d more batch(es): %s; the sweep starts a run for each in turn",
+                     where.describe(), len(others), ", ".join(f"{a.day} run {a.run_id}" for a in others))
+        return Batch(client=client, day=first.day, run_id=first.run_id)
     if batch_date not in (None, ""):
         if not isinstance(batch_date, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", batch_date):
             raise BadInputError("param batch_date must be a date written YYYY-MM-DD", where)
@@ -51,6 +64,30 @@ def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | Non
     if run_id not in (None, "") and not (isinstance(run_id, str) and RUN_ID.match(run_id)):
         raise BadInputError(f"param run_id must be {RUN_ID_RULE}", where)
     return Batch(client=client, day=day, run_id=run_id or None)
+
+
+def next_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batch | None,
+               today: date) -> dict[str, str] | None:
+    """The sweep: the oldest complete batch of the last ``mapping.sweep_days`` days in the bucket
+    that the ledger has never seen, other than the one this run takes; None if there is none.
+
+    Every run asks, so a batch whose bucket event was lost, or that arrived while another run
+    held the client, still gets its own run (the caller starts it; runs of a client queue).
+    """
+    since = date.fromordinal(today.toordinal() - mapping.sweep_days)
+    where = Where(client=mapping.client)
+    with named(where, "listing the bucket for the sweep"):
+        complete = complete_batches(settings.s3.client(), settings.s3.bucket, mapping, since)
+    with connect(settings.staging, where, "reading the ledger for the sweep") as conn:
+        seen = ledger.seen_runs(conn, mapping.client, since)
+    for day, run_id in complete:
+        if (day, run_id) in seen or (planned is not None and planned.day == day and planned.run_id in (None, run_id)):
+            continue
+        log.info("[%s] the sweep found batch %s run %s in the bucket, unseen by the ledger", where.describe(), day,
+                 run_id)
+        return {"batch_date": day.isoformat(), "run_id": run_id}
+    log.info("[%s] the sweep found no other unprocessed batch since %s", where.describe(), since)
+    return None
 
 
 def find_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batch) -> Batch:

@@ -123,6 +123,10 @@ airflow_env() {
   export AIRFLOW__API__PORT="$AIRFLOW_PORT"
   export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=15
   export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=15
+  # Bucket events (clientflow.arrival.events): each client's DAG watches its SQS queue on moto;
+  # the triggerer long-polls 10 s, then sleeps 5 s after an empty poll.
+  export CLIENTFLOW_EVENTS_QUEUE_URL="http://127.0.0.1:$S3_PORT/123456789012/{queue}"
+  export CLIENTFLOW_EVENTS_WAIT_SECONDS=10 CLIENTFLOW_EVENTS_DELAY_SECONDS=5
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export PATH="$VENV/bin:$PATH"
   eval "$("$VENV/bin/python" -m clientflow.settings_file)"
@@ -134,13 +138,8 @@ up() {
   start_bg moto "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
   start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Debugging stdout
   "$VENV/bin/python" -m clientflow.bootstrap --reset-outdated --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
-  "$VENV/bin/python" - <<PY
-import boto3
-s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:$S3_PORT", region_name="us-east-1",
-                  aws_access_key_id="local-access-key", aws_secret_access_key="local-secret-key")
-if "${CLIENTFLOW_BUCKET:-clientflow-landing}" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-    s3.create_bucket(Bucket="${CLIENTFLOW_BUCKET:-clientflow-landing}")
-PY
+  # the bucket, each client's SQS queue, and the bucket's manifest notifications to them
+  "$VENV/bin/clientflow" bucket-events | sed 's/^/[stack] events: /'
   airflow_env
   mkdir -p "$AIRFLOW_HOME"
   [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
@@ -202,6 +201,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  airflow-env) airflow_env; export -p | grep -E '^declare -x (AIRFLOW|PYTHONPATH=|PATH=|DO_NOT_TRACK=)' ;;
+  airflow-env) airflow_env; export -p | grep -E '^declare -x (AIRFLOW|CLIENTFLOW_EVENTS|PYTHONPATH=|PATH=|DO_NOT_TRACK=)' ;;
   *) echo "usage: $0 services|up|down|status" >&2; exit 2 ;;
 esac

@@ -56,6 +56,8 @@ def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
         # one dbt build of the whole batch (every model, then its tests), in the transform group
         "transform.dbt_build": ["ingest"],
         "validate": ["ingest", "transform.dbt_build"], "promote": ["ingest", "validate"],
+        # the sweep, beside the batch: the next unprocessed batch in the bucket gets its own run
+        "next_batch": ["plan"], "run_next_batch": ["next_batch"],
     }
     assert dag.get_task("wait_for_batch").deferrable
     assert dag.get_task("transform.dbt_build").retries == 0
@@ -128,7 +130,7 @@ def test_a_malformed_mapping_costs_only_its_own_client(three_clients: Path) -> N
     parsed = _parse(three_clients)
     assert parsed["errors"] == {}
     assert sorted(parsed["dags"]) == ["client_alpha", "client_beta", "client_gamma"]
-    assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] == 7
+    assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] == 9
     beta = parsed["dags"]["client_beta"]
     line = next(i for i, x in enumerate((three_clients / "beta.yaml").read_text().splitlines(), 1) if "retension" in x)
     assert "broken-mapping" in beta["tags"] and beta["tasks"] == 1

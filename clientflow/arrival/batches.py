@@ -57,6 +57,14 @@ def complete_runs(s3: Any, bucket: str, mapping: ClientMapping, day: date) -> li
     return runs_with_every_table(_list_keys(s3, bucket, f"client={mapping.client}/"), mapping, day)
 
 
+def complete_batches(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> list[tuple[date, str]]:
+    """(date, newest complete run id) of every date from ``since`` on, oldest first: one listing
+    of the client's prefix. An older complete run of a date is superseded by the newer one."""
+    keys = _list_keys(s3, bucket, f"client={mapping.client}/")
+    days = sorted({p.day for p in map(parse_key, keys) if p is not None and p.day >= since})
+    return [(day, runs[-1]) for day in days if (runs := runs_with_every_table(keys, mapping, day))]
+
+
 def sensor_check(mapping: ClientMapping) -> Callable[..., bool]:
     """``check_fn`` for the S3KeySensor: true once one run holds every table's two files.
 

@@ -226,6 +226,9 @@ class ClientMapping(BaseModel):
     start_date: date = Field(description="First batch date the DAG schedules.")
     schedule: str | None = Field(default="@daily", description="Airflow schedule of arrivals (cron or preset).")
     raw_retention_batches: int = Field(default=2, ge=1, description="Promoted batches kept in raw, newest first.")
+    sweep_days: int = Field(default=14, ge=1, le=366, description="How many days back every run looks in the bucket "
+                            "for complete batches the ledger has never seen (a lost bucket event, a batch nobody "
+                            "triggered) and starts a run for the oldest.")
     schema_policy: SchemaPolicy = SchemaPolicy()
     anomalies: AnomalyThresholds = AnomalyThresholds()
     tables: dict[str, SourceTable] = Field(min_length=1, description="The client's tables, by their exact names.")

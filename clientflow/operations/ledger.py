@@ -152,6 +152,14 @@ def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: st
     ]
 
 
+def seen_runs(conn: psycopg.Connection[Any], client: str, since: date) -> set[tuple[date, str]]:
+    """(date, run id) of every batch of ``client`` since ``since`` that the ledger holds, in any
+    state: the sweep leaves these alone (a FAILED one waits for a person, not for a retry loop)."""
+    rows = conn.execute("select batch_date, run_id from pipeline.batches where client_name = %s and batch_date >= %s",
+                        (client, since)).fetchall()
+    return {(row[0], row[1]) for row in rows}
+
+
 def prunable(conn: psycopg.Connection[Any], client: str, keep: int) -> list[str]:
     """Retention: batches older than the newest ``keep`` promoted ones, whose raw rows may go.
 
