@@ -97,6 +97,40 @@ def schedule_of(mapping: ClientMapping, events: EventSettings | None) -> Any:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(mapping.schedule, timezone="UTC"), assets=asset)
 
 
+def _wait_for_batch(mapping: ClientMapping, events: EventSettings | None) -> S3KeySensor:
+    return S3KeySensor(
+        task_id="wait_for_batch",
+        aws_conn_id=edge.IDS.s3,
+        bucket_name=f"{{{{ conn.{edge.IDS.s3}.extra_dejson.bucket }}}}",
+        bucket_key=SENSOR_KEY.format(client=mapping.client),
+        wildcard_match=True,
+        check_fn=sensor_check(mapping),
+        deferrable=True,
+        poke_interval=30,
+        # Without bucket events the scheduled run is how a batch is found: it waits all day.
+        # With them, every manifest starts a run, so a run waits briefly and then ends skipped
+        # (not failed), leaving the client free; its sweep still runs.
+        timeout=(events.sensor_timeout if events else timedelta(hours=20)).total_seconds(),
+        soft_fail=events is not None,
+    )
+
+
+def _sweep(mapping: ClientMapping, planned: Any) -> None:
+    """next_batch -> run_next_batch, beside the batch's own tasks: a run of its own for the oldest
+    complete batch the ledger never saw (clientflow.pipeline.next_batch)."""
+
+    @task(trigger_rule="none_failed", multiple_outputs=True)
+    def next_batch(planned: dict[str, Any] | None) -> dict[str, Any]:
+        return edge.run_next_batch(mapping, planned)
+
+    following = next_batch(planned)
+    following >> TriggerDagRunOperator(  # type: ignore[operator]
+        task_id="run_next_batch", trigger_dag_id=f"client_{mapping.client}",
+        trigger_run_id=following["run_id"],  # type: ignore[index]
+        conf=following["conf"], skip_when_already_exists=True,  # type: ignore[index]
+    )
+
+
 def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None) -> DAG:
     client = mapping.client
     with DAG(
@@ -116,22 +150,6 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
         def plan(**context: Any) -> dict[str, Any]:
             return edge.run_plan(client, context)
 
-        wait = S3KeySensor(
-            task_id="wait_for_batch",
-            aws_conn_id=edge.IDS.s3,
-            bucket_name=f"{{{{ conn.{edge.IDS.s3}.extra_dejson.bucket }}}}",
-            bucket_key=SENSOR_KEY.format(client=client),
-            wildcard_match=True,
-            check_fn=sensor_check(mapping),
-            deferrable=True,
-            poke_interval=30,
-            # Without bucket events the scheduled run is how a batch is found: it waits all day.
-            # With them, every manifest starts a run, so a run waits briefly and then ends skipped
-            # (not failed), leaving the client free; its sweep still runs.
-            timeout=(events.sensor_timeout if events else timedelta(hours=20)).total_seconds(),
-            soft_fail=events is not None,
-        )
-
         @task
         def find_batch(planned: dict[str, Any]) -> dict[str, Any]:
             return edge.run_find_batch(mapping, planned)
@@ -148,18 +166,10 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
         def promote(loaded: dict[str, Any], **context: Any) -> dict[str, Any]:
             return edge.run_promote(mapping, loaded, context)
 
-        @task(trigger_rule="none_failed", multiple_outputs=True)
-        def next_batch(planned: dict[str, Any] | None) -> dict[str, Any]:
-            return edge.run_next_batch(mapping, planned)
-
         # TaskFlow passes XComArgs where the functions take their values: mypy cannot see that.
         planned = plan()
-        following = next_batch(planned)  # type: ignore[arg-type]
-        following >> TriggerDagRunOperator(  # type: ignore[operator]
-            task_id="run_next_batch", trigger_dag_id=f"client_{client}",
-            trigger_run_id=following["run_id"],  # type: ignore[index]
-            conf=following["conf"], skip_when_already_exists=True,  # type: ignore[index]
-        )
+        _sweep(mapping, planned)
+        wait = _wait_for_batch(mapping, events)
         found = find_batch(planned)  # type: ignore[arg-type]
         loaded = ingest(found)  # type: ignore[arg-type]
         transform = dbt_task_group(mapping, edge.IDS)
