@@ -62,18 +62,12 @@ def _manifest_schema(_args: argparse.Namespace) -> int:
 
 
 def _bucket_events(_args: argparse.Namespace) -> int:
-    import boto3
-
     from clientflow.arrival import events
     from clientflow.config import PipelineSettings
     from clientflow.mapping import MappingError, load_mapping, mapping_files
 
     s3_settings = PipelineSettings.from_settings_file().s3
-    s3 = s3_settings.client()
-    secret = s3_settings.secret_access_key
-    sqs = boto3.client("sqs", endpoint_url=s3_settings.endpoint_url, region_name=s3_settings.region_name,
-                       aws_access_key_id=s3_settings.access_key_id.get_secret_value() if s3_settings.access_key_id
-                       else None, aws_secret_access_key=secret.get_secret_value() if secret else None)
+    s3, sqs = s3_settings.client(), s3_settings.client("sqs")
     if s3_settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=s3_settings.bucket)
     clients = []

@@ -47,12 +47,13 @@ class S3Settings(BaseModel):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of the endpoint: S3, or another service it serves (``sqs``)."""
         import boto3
         from botocore.config import Config
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.endpoint_url,
             region_name=self.region_name,
             aws_access_key_id=self.access_key_id.get_secret_value() if self.access_key_id else None,

@@ -113,9 +113,12 @@ def _records(body: object) -> tuple[list[Any], str | None]:
 
 
 def _record_key(record: object) -> str | None:
+    """The object key of an object-created record (S3 writes it URL-encoded), else None."""
     if not isinstance(record, dict) or not str(record.get("eventName", "")).startswith("ObjectCreated:"):
         return None
-    key = (record.get("s3") or {}).get("object", {}).get("key") if isinstance(record.get("s3"), dict) else None
+    s3 = record.get("s3")
+    obj = s3.get("object") if isinstance(s3, dict) else None
+    key = obj.get("key") if isinstance(obj, dict) else None
     return urllib.parse.unquote_plus(key) if isinstance(key, str) else None
 
 
