@@ -59,7 +59,8 @@ say "Production (database clientflow_production, schema practice)"
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_production -P footer=off -c \
   "select 'providers' as table_name, count(*) as rows from practice.providers where client_id = 'ehrlogic'
    union all select 'patients', count(*) from practice.patients where client_id = 'ehrlogic'
-   union all select 'appointments', count(*) from practice.appointments where client_id = 'ehrlogic'"
+   union all select 'appointments', count(*) from practice.appointments where client_id = 'ehrlogic'
+   union all select 'procedures', count(*) from practice.procedures where client_id = 'ehrlogic'"
 say "The job ledger (pipeline.batch_events): a re-run of the same content is a DUPLICATE"
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -P footer=off -c \
   "select e.at::timestamp(0) as at, e.state, b.batch_date, b.ingestion_id, e.airflow_run_id
