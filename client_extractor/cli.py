@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from client_extractor import PROG, VERSION
+from client_extractor import PROG, VERSION, incremental
 from client_extractor.contract import run_prefix
 from client_extractor.datafile import DataFileWriter, Progress, human_bytes
 from client_extractor.errors import (
@@ -38,23 +38,37 @@ class TableResult:
     size: int = 0
     seconds: float = 0.0
     skipped: bool = False
+    how: str = "full snapshot"
 
 
-
-def extract_table(settings: Settings, reader: Reader, target: Target, table: str, show_progress: bool) -> TableResult:
-    """One table: stream to data.json, commit it, then the manifest (skipped if this run already wrote it)."""
+def extract_table(settings: Settings, reader: Reader, target: Target, table: str, show_progress: bool,
+                  state: incremental.StateFile | None = None) -> TableResult:
+    """One table: stream to data.json, commit it, then the manifest (skipped if this run already wrote
+    it), then, for an incremental table, its new high mark in the state file."""
     prefix = run_prefix(settings.client, table, settings.date, settings.run_id)
     if target.manifest_exists(prefix):
         return TableResult(table, skipped=True)
     started = time.monotonic()
     extracted_at = dt.datetime.now(dt.UTC)
     columns = reader.columns(settings.schema, table)
+    plan, previous = incremental.FULL, None
+    cursor_name = settings.cursor_of(table)
+    if cursor_name is not None and state is not None:
+        previous = state.get(settings.schema, table)
+        plan = incremental.plan(table, incremental.cursor_column(table, cursor_name, columns), previous,
+                                settings.full_refresh)
+    # the high mark first, in the same snapshot as the rows: a row changed after it is the next run's
+    high = reader.high_mark(settings.schema, table, plan.cursor) if plan.cursor is not None else None
+    window = None
+    if plan.mode == "incremental":
+        assert plan.cursor is not None and plan.low is not None
+        window = incremental.Window(plan.cursor, plan.low, high)
     progress = Progress(table, show_progress)
     fh, tmp = target.open_data(prefix)
     try:
         with fh:
             writer = DataFileWriter(fh, progress)
-            for page, count in reader.stream(settings.schema, table, columns):
+            for page, count in reader.stream(settings.schema, table, columns, window):
                 try:
                     writer.add_lines(page, count)
                 except OSError as exc:
@@ -65,11 +79,19 @@ def extract_table(settings: Settings, reader: Reader, target: Target, table: str
                 raise OutputError(f"writing data for table {table} failed: {exc.strerror}") from None
         progress.done(writer.rows, writer.size, " - uploading" if isinstance(target, S3Target) else "")
         target.commit_data(prefix, tmp, writer.size)
-        manifest = build_manifest(settings, reader.dialect, table, columns, extracted_at, writer.rows, writer.size, sha)
+        extraction = {"mode": plan.mode, "cursor_column": plan.cursor.name if plan.cursor else None,
+                      "low_mark": plan.low, "high_mark": high}
+        manifest = build_manifest(settings, reader.dialect, table, columns, extracted_at, writer.rows, writer.size,
+                                  sha, extraction)
         target.put_manifest(prefix, manifest)
     finally:
         target.discard(tmp)  # the S3 temp copy, or a local partial file left by a failure
-    return TableResult(table, writer.rows, writer.size, time.monotonic() - started)
+    if plan.cursor is not None and state is not None:
+        # no cursor value now (all deleted, or NULL): the next run starts where this one did
+        kept = high if high is not None else (previous.high_mark if previous and plan.mode == "incremental" else None)
+        state.put(settings.schema, table, incremental.Mark(plan.cursor.name, plan.cursor.source_type, kept,
+                                                           settings.run_id, settings.date.isoformat()))
+    return TableResult(table, writer.rows, writer.size, time.monotonic() - started, how=plan.reason)
 
 
 def select_tables(settings: Settings, reader: Reader) -> list[str]:
@@ -83,6 +105,13 @@ def select_tables(settings: Settings, reader: Reader) -> list[str]:
     if missing:
         raise UsageError(f"table(s) not found in schema {settings.schema!r} of {reader.src.describe()}: {', '.join(missing)}")
     return sorted(dict.fromkeys(settings.tables))
+
+
+def check_incremental(settings: Settings, tables: list[str]) -> None:
+    """Every table the config's [incremental] names is one this run extracts (or a typo)."""
+    unknown = [t for t, _ in settings.incremental if t not in tables]
+    if unknown and settings.tables is None:
+        raise UsageError(f"config [incremental] names table(s) not found in schema {settings.schema!r}: {', '.join(unknown)}")
 
 
 def print_summary(settings: Settings, target: Target, results: list[TableResult], seconds: float) -> None:
@@ -100,7 +129,7 @@ def print_summary(settings: Settings, target: Target, results: list[TableResult]
         if r.skipped:
             out.write(f"  {r.table:<{width}}  already complete in this run (skipped)\n")
         else:
-            out.write(f"  {r.table:<{width}}  {r.rows:>12,} rows  {human_bytes(r.size):>10}  {r.seconds:7.1f} s\n")
+            out.write(f"  {r.table:<{width}}  {r.rows:>12,} rows  {human_bytes(r.size):>10}  {r.seconds:7.1f} s  {r.how}\n")
     out.flush()
 
 
@@ -116,9 +145,12 @@ def run(argv: list[str] | None) -> int:
     show_progress = sys.stderr.isatty()
     try:
         tables = select_tables(settings, reader)
+        check_incremental(settings, tables)
+        state = (incremental.StateFile(settings.state_file, settings.client, reader.src.describe())
+                 if settings.incremental else None)
         for table in tables:
             try:
-                results.append(extract_table(settings, reader, target, table, show_progress))
+                results.append(extract_table(settings, reader, target, table, show_progress, state))
             except ExtractorError as exc:
                 if show_progress:
                     sys.stderr.write("\n")

@@ -44,9 +44,18 @@ ENCODINGS = (
 
 MANIFEST_FIELDS = (
     "format_version", "job_id", "client", "table", "schema", "date", "run_id", "extracted_at",
-    "extractor_version", "source_dialect", "row_count", "byte_size", "sha256", "data_file", "columns",
+    "extractor_version", "source_dialect", "extraction", "row_count", "byte_size", "sha256", "data_file",
+    "columns",
 )
 """The manifest's top-level keys, in the order the extractor writes them."""
+EXTRACTION_FIELDS = ("mode", "cursor_column", "low_mark", "high_mark")
+"""The keys of the manifest's ``extraction``: how the rows were chosen.
+
+``mode`` is ``full`` (every row of the table: a full snapshot) or ``incremental`` (only the rows
+whose ``cursor_column`` lies in [``low_mark``, ``high_mark``]). A full snapshot of a table that is
+configured incremental carries its cursor column and high mark too (where the next run starts);
+the marks are the cursor's values as the source database writes them as text."""
+EXTRACTION_MODES = ("full", "incremental")
 COLUMN_FIELDS = ("name", "source_type", "encoding", "nullable", "primary_key")
 """The keys of each entry of the manifest's ``columns``."""
 
@@ -102,7 +111,10 @@ def parse_key(key: str) -> ParsedKey | None:
                      match["run_id"], match["file"])
 
 
-def job_id(client: str, table: str, day: date, data_sha256: str) -> str:
-    """The id of one table's extraction: the same content on the same date gives the same id."""
-    material = _JOB_ID_PREFIX + f"{client}\0{table}\0{day.isoformat()}\0{data_sha256}".encode()
+def job_id(client: str, table: str, day: date, data_sha256: str, mode: str = "full") -> str:
+    """The id of one table's extraction: the same content on the same date, taken the same way
+    (a full snapshot or incremental), gives the same id. A full snapshot and an incremental batch
+    with the same rows differ: only the first may soft-delete what it does not hold."""
+    text = f"{client}\0{table}\0{day.isoformat()}\0{data_sha256}" + ("" if mode == "full" else f"\0{mode}")
+    material = _JOB_ID_PREFIX + text.encode()
     return hashlib.sha256(material).hexdigest()[:32]

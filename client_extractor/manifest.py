@@ -13,16 +13,20 @@ import json
 from typing import Any
 
 from client_extractor import VERSION
-from client_extractor.contract import DATA_FILE, FORMAT_VERSION, MANIFEST_FIELDS, job_id
+from client_extractor.contract import DATA_FILE, EXTRACTION_FIELDS, FORMAT_VERSION, MANIFEST_FIELDS, job_id
 from client_extractor.encoding import Column
 from client_extractor.errors import ExtractorError
 from client_extractor.settings import Settings
 
 
-def build_manifest(settings: Settings, dialect: str, table: str, columns: list[Column], extracted_at: dt.datetime, rows: int, size: int, sha: str) -> bytes:
+def build_manifest(settings: Settings, dialect: str, table: str, columns: list[Column], extracted_at: dt.datetime,
+                   rows: int, size: int, sha: str, extraction: dict[str, Any]) -> bytes:
+    """``extraction`` holds contract.EXTRACTION_FIELDS: the mode, cursor column and marks."""
+    if extraction.keys() != set(EXTRACTION_FIELDS):
+        raise ExtractorError("the manifest's extraction fields differ from contract.EXTRACTION_FIELDS; please report this")
     values: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "job_id": job_id(settings.client, table, settings.date, sha),
+        "job_id": job_id(settings.client, table, settings.date, sha, extraction["mode"]),
         "client": settings.client,
         "table": table,
         "schema": settings.schema,
@@ -31,6 +35,7 @@ def build_manifest(settings: Settings, dialect: str, table: str, columns: list[C
         "extracted_at": extracted_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "extractor_version": VERSION,
         "source_dialect": dialect,
+        "extraction": {field: extraction[field] for field in EXTRACTION_FIELDS},
         "row_count": rows,
         "byte_size": size,
         "sha256": sha,

@@ -22,7 +22,8 @@ from client_extractor import PROG, VERSION
 from client_extractor.contract import CLIENT_NAME, CLIENT_NAME_RULE, DATE_TEXT, RUN_ID, RUN_ID_RULE
 from client_extractor.errors import PASSWORD_ENV, ArgParser, UsageError, warn
 
-CONFIG_KEYS = {"source", "client", "schema", "tables", "date", "output", "endpoint_url", "run_id", "password"}
+CONFIG_KEYS = {"source", "client", "schema", "tables", "date", "output", "endpoint_url", "run_id", "password",
+               "state_file", "incremental"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,15 @@ class Settings:
     endpoint_url: str | None
     run_id: str
     config_password: str | None
+    incremental: tuple[tuple[str, str], ...] = ()
+    """(table, cursor column) of the tables extracted incrementally (the config's [incremental])."""
+    state_file: str = ""
+    """Where the high-water marks of the incremental tables are kept, on this machine."""
+    full_refresh: bool = False
+    """Take a full snapshot of every table, incremental ones too (their marks restart from it)."""
+
+    def cursor_of(self, table: str) -> str | None:
+        return dict(self.incremental).get(table)
 
 
 def parse_source_url(url: str) -> SourceUrl:
@@ -117,6 +127,10 @@ def load_config(path: str) -> dict[str, Any]:
         if key == "tables":
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"config file {path}: 'tables' must be a list of strings")
+        elif key == "incremental":
+            if not (isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())):
+                raise UsageError(f"config file {path}: [incremental] must map table names to their cursor "
+                                 'column, e.g. appointments = "updated_at"')
         elif not isinstance(value, str):
             raise UsageError(f"config file {path}: {key!r} must be a string")
     if "password" in data and os.name == "posix" and os.stat(path).st_mode & 0o077:
@@ -143,6 +157,11 @@ def _parser() -> ArgParser:
     parser.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     parser.add_argument("--config", help="TOML file with any of: " + ", ".join(sorted(CONFIG_KEYS)))
     parser.add_argument("--run-id", dest="run_id", help="batch id; reuse it to complete an interrupted batch")
+    parser.add_argument("--full-refresh", dest="full_refresh", action="store_true",
+                        help="take a full snapshot of every table, also those the config's [incremental] names")
+    parser.add_argument("--state-file", dest="state_file",
+                        help="where the incremental tables' high-water marks are kept (default: "
+                             "$XDG_STATE_HOME or ~/.local/state, then clientflow-extractor/CLIENT.json)")
     parser.add_argument("--version", action="version", version=f"{PROG} {VERSION}")
     return parser
 
@@ -203,6 +222,11 @@ def build_settings(argv: list[str] | None) -> Settings:
         raise UsageError("--endpoint-url only applies to an s3:// --output")
 
     schema = pick("schema") or {"postgresql": "public", "mysql": source.database, "sqlite": "main"}[source.dialect]
+    incremental = tuple(sorted(conf.get("incremental", {}).items()))
+    if tables is not None:
+        unlisted = [t for t, _ in incremental if t not in tables]
+        if unlisted and args.tables is None:
+            raise UsageError(f"config [incremental] names table(s) that 'tables' does not list: {', '.join(unlisted)}")
     return Settings(
         source=source,
         client=client,
@@ -213,7 +237,16 @@ def build_settings(argv: list[str] | None) -> Settings:
         endpoint_url=endpoint_url,
         run_id=run_id,
         config_password=conf.get("password"),
+        incremental=incremental,
+        state_file=pick("state_file") or default_state_file(client),
+        full_refresh=bool(args.full_refresh),
     )
+
+
+def default_state_file(client: str) -> str:
+    """``$XDG_STATE_HOME/clientflow-extractor/CLIENT.json``, or under ``~/.local/state``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "clientflow-extractor", f"{client}.json")
 
 
 def resolve_password(settings: Settings) -> str | None:

@@ -1,7 +1,8 @@
 """What every source reader is, and the helpers the Python-side readers share.
 
 A Reader connects once (one read-only snapshot for the whole run), lists and checks tables, describes
-a table's columns, and streams its rows as pages of JSON lines: ``(page, count)``, where page holds
+a table's columns, reads a cursor column's high mark (``client_extractor.incremental``), and streams
+its rows (all of them, or those of an incremental window) as pages of JSON lines: ``(page, count)``, where page holds
 ``count`` rows, each one JSON object followed by one newline. Messages name tables and columns, never
 a value; ``Reader.scrub`` removes the password from the driver text that connection errors quote.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from client_extractor.encoding import Column
 from client_extractor.errors import ExtractError
+from client_extractor.incremental import Window
 from client_extractor.settings import SourceUrl
 
 PAGE_ROWS = 2000  # rows per page: bounds memory, amortises per-page overhead
@@ -48,7 +50,14 @@ class Reader:
     def columns(self, schema: str, table: str) -> list[Column]:
         raise NotImplementedError
 
-    def stream(self, schema: str, table: str, columns: list[Column]) -> Iterator[tuple[bytes, int]]:
+    def high_mark(self, schema: str, table: str, cursor: Column) -> str | None:
+        """The cursor column's largest value in the run's snapshot, as the source writes it as text
+        (None when no row has one). Read before the rows, in the same snapshot."""
+        raise NotImplementedError
+
+    def stream(self, schema: str, table: str, columns: list[Column],
+               window: Window | None = None) -> Iterator[tuple[bytes, int]]:
+        """Every row, or with a window only those whose cursor lies in [window.low, window.high]."""
         raise NotImplementedError
 
 

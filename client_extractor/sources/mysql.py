@@ -26,6 +26,7 @@ from client_extractor.encoding import (
     enc_string,
 )
 from client_extractor.errors import ConnectError, ExtractError, UsageError, connect_hint
+from client_extractor.incremental import Window
 from client_extractor.sources.base import Reader, as_text, guard_encoders, pages_from_rows
 
 MYSQL_INTEGER = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "year"}
@@ -180,11 +181,36 @@ class MysqlReader(Reader):
             cols.append(Column(name, column_type, encoding, as_text(is_nullable) == "YES", as_text(key) == "PRI", select_sql=select, encode=encoder))
         return cols
 
-    def stream(self, schema: str, table: str, columns: list[Column]) -> Iterator[tuple[bytes, int]]:
+    def high_mark(self, schema: str, table: str, cursor: Column) -> str | None:
+        import pymysql
+
+        query = f"SELECT MAX({cursor.select_sql}) FROM {_mysql_ident(schema)}.{_mysql_ident(table)}"
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(query)
+                row = cur.fetchone()
+        except pymysql.Error as exc:
+            raise ExtractError(f"reading the high mark of {schema}.{table}.{cursor.name} failed: "
+                               f"{mysql_error_text(exc, with_message=False)}") from None
+        return None if row is None or row[0] is None else as_text(row[0])
+
+    def _where(self, window: Window | None) -> str:
+        """The window as a WHERE clause, the marks escaped as string literals (the server compares
+        them as the cursor's type); no %s parameters, so a '%' in a column name stays as it is."""
+        if window is None:
+            return ""
+        if window.high is None:
+            return " WHERE FALSE"
+        c = window.cursor.select_sql
+        return f" WHERE {c} >= {self.conn.escape(window.low)} AND {c} <= {self.conn.escape(window.high)}"
+
+    def stream(self, schema: str, table: str, columns: list[Column],
+               window: Window | None = None) -> Iterator[tuple[bytes, int]]:
         import pymysql
         import pymysql.cursors
 
-        query = f"SELECT {', '.join(c.select_sql for c in columns)} FROM {_mysql_ident(schema)}.{_mysql_ident(table)}"
+        query = (f"SELECT {', '.join(c.select_sql for c in columns)} FROM {_mysql_ident(schema)}.{_mysql_ident(table)}"
+                 f"{self._where(window)}")
         cur = self.conn.cursor(pymysql.cursors.SSCursor)
         try:
             cur.execute(query)

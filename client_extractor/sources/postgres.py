@@ -17,6 +17,7 @@ from typing import Any
 from client_extractor import PROG
 from client_extractor.encoding import JSON_NULL_CELL, Column
 from client_extractor.errors import ConnectError, ExtractError, UsageError, connect_hint
+from client_extractor.incremental import Window
 from client_extractor.sources.base import PAGE_ROWS, Reader
 
 PG_TYPE_QUERY = """
@@ -346,7 +347,35 @@ class PostgresReader(Reader):
             cols.append(Column(name, source_type, encoding, bool(nullable), bool(pk), select_sql=f"{expr} as {ident}"))
         return cols
 
-    def stream(self, schema: str, table: str, columns: list[Column]) -> Iterator[tuple[bytes, int]]:
+    def high_mark(self, schema: str, table: str, cursor: Column) -> str | None:
+        import psycopg
+        from psycopg import sql
+
+        query = sql.SQL("select max({})::text from {}.{}").format(
+            sql.Identifier(cursor.name), sql.Identifier(schema), sql.Identifier(table))
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(query)
+                row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise ExtractError(f"reading the high mark of {schema}.{table}.{cursor.name} failed: {pg_error_summary(exc)}") from None
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _where(self, window: Window | None) -> str:
+        """The window as a WHERE clause: the marks are literals the server casts to the cursor's type
+        (COPY takes no parameters); the cursor is compared as the table stores it, so an index serves."""
+        from psycopg import sql
+
+        if window is None:
+            return ""
+        if window.high is None:
+            return " where false"
+        return sql.SQL(" where {c} >= {low} and {c} <= {high}").format(
+            c=sql.Identifier(window.cursor.name), low=sql.Literal(window.low), high=sql.Literal(window.high),
+        ).as_string(self.conn)
+
+    def stream(self, schema: str, table: str, columns: list[Column],
+               window: Window | None = None) -> Iterator[tuple[bytes, int]]:
         import psycopg
         from psycopg import sql
 
@@ -355,7 +384,7 @@ class PostgresReader(Reader):
         # CSV with control characters as delimiter and quote: rows of valid JSON never contain them raw,
         # so each row arrives unquoted and unescaped, one row per message.
         query = (
-            f"copy (select pg_catalog.row_to_json(_clientflow_row.*) from (select {inner} from {target}) _clientflow_row) "
+            f"copy (select pg_catalog.row_to_json(_clientflow_row.*) from (select {inner} from {target}{self._where(window)}) _clientflow_row) "
             "to stdout with (format csv, delimiter E'\\x02', quote E'\\x01')"
         )
         # only SQL_ASCII stores bytes that are not UTF-8; _plan writes such text cells as {"$bytes_b64": ...},

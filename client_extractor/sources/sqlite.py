@@ -18,6 +18,7 @@ from typing import Any
 
 from client_extractor.encoding import Column, enc_bytes_b64, enc_float, enc_json_text, enc_string
 from client_extractor.errors import ConnectError, ExtractError
+from client_extractor.incremental import Window
 from client_extractor.sources.base import Reader, as_text, guard_encoders, pages_from_rows
 
 
@@ -153,10 +154,39 @@ class SqliteReader(Reader):
             cols.append(Column(name, declared, encoding, not notnull and not pk, bool(pk), select_sql=_sqlite_ident(name), encode=_sqlite_encoder(encoding)))
         return cols
 
-    def stream(self, schema: str, table: str, columns: list[Column]) -> Iterator[tuple[bytes, int]]:
-        query = f"SELECT {', '.join(c.select_sql for c in columns)} FROM {_sqlite_ident(schema)}.{_sqlite_ident(table)}"
+    def high_mark(self, schema: str, table: str, cursor: Column) -> str | None:
+        rows = self._query(f"SELECT max({cursor.select_sql}) FROM {_sqlite_ident(schema)}.{_sqlite_ident(table)}")
+        value = rows[0][0] if rows else None
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            raise ExtractError(f"cursor column {cursor.name!r} of table {table} holds bytes, which have no order to resume from")
+        return repr(value) if isinstance(value, float) else str(value)
+
+    @staticmethod
+    def _mark(cursor: Column, mark: str) -> Any:
+        """A mark as the value SQLite compares: a number for numeric columns (text sorts after any
+        number in SQLite, so a text mark would match no numeric value), text otherwise."""
         try:
-            cur = self.conn.execute(query)
+            if cursor.encoding == "integer":
+                return int(mark)
+            if cursor.encoding in ("float", "decimal"):
+                return float(mark)
+        except ValueError:
+            pass
+        return mark
+
+    def stream(self, schema: str, table: str, columns: list[Column],
+               window: Window | None = None) -> Iterator[tuple[bytes, int]]:
+        query = f"SELECT {', '.join(c.select_sql for c in columns)} FROM {_sqlite_ident(schema)}.{_sqlite_ident(table)}"
+        params: tuple[Any, ...] = ()
+        if window is not None and window.high is None:
+            query += " WHERE 0"
+        elif window is not None and window.high is not None:
+            query += f" WHERE {window.cursor.select_sql} >= ? AND {window.cursor.select_sql} <= ?"
+            params = (self._mark(window.cursor, window.low), self._mark(window.cursor, window.high))
+        try:
+            cur = self.conn.execute(query, params)
             yield from pages_from_rows(guard_encoders(columns), cur.fetchmany)
         except sqlite3.Error as exc:
             raise ExtractError(f"reading table {table} failed: {type(exc).__name__}") from None

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from client_extractor import contract
 from clientflow.errors import BadInputError, Where
@@ -52,6 +52,29 @@ class ManifestColumn(BaseModel):
         return self.encoding.split("<", 1)[0]
 
 
+class Extraction(BaseModel):
+    """How the extractor chose the rows (``client_extractor.incremental``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["full", "incremental"] = Field(
+        default="full", description="full: every row of the table (a full snapshot); incremental: the rows "
+        "whose cursor column lies in [low_mark, high_mark].")
+    cursor_column: str | None = Field(default=None, description="The column the marks are values of.")
+    low_mark: str | None = Field(default=None, description="Where an incremental run started (inclusive): the "
+                                 "previous run's high mark, as the source writes the value as text.")
+    high_mark: str | None = Field(default=None, description="The cursor's largest value when the run began "
+                                  "(where the next run starts); null when no row had one.")
+
+    @field_validator("cursor_column")
+    @classmethod
+    def _cursor(cls, value: str | None) -> str | None:
+        return None if value is None else check_identifier(value, "column")
+
+
+FULL_SNAPSHOT = Extraction()
+
+
 class Manifest(BaseModel):
     """What one extractor run wrote for one table (format version 1)."""
 
@@ -68,6 +91,8 @@ class Manifest(BaseModel):
     extracted_at: dt.datetime
     extractor_version: str
     source_dialect: str = Field(description="postgresql, mysql or sqlite.")
+    extraction: Extraction = Field(default=FULL_SNAPSHOT, description="Full snapshot or incremental, and the "
+                                   "cursor's marks; a manifest without it is a full snapshot.")
     row_count: int = Field(ge=0, description="Rows in data.json.")
     byte_size: int = Field(ge=0, description="Bytes of data.json.")
     sha256: str = Field(pattern=contract.SHA256.pattern, description="sha256 of data.json's bytes.")
@@ -78,6 +103,20 @@ class Manifest(BaseModel):
     @classmethod
     def _table(cls, value: str) -> str:
         return check_identifier(value, "table")
+
+    @model_validator(mode="after")
+    def _cursor_is_a_column(self) -> Manifest:
+        cursor = self.extraction.cursor_column
+        if self.extraction.mode == "incremental" and (cursor is None or self.extraction.low_mark is None):
+            raise ValueError("extraction: an incremental manifest names its cursor_column and low_mark")
+        if cursor is not None and cursor not in {c.name for c in self.columns}:
+            raise ValueError("extraction.cursor_column is not one of the manifest's columns")
+        return self
+
+    @property
+    def full_snapshot(self) -> bool:
+        """The file holds every row of the table (it may stand for deletes of the rows it lacks)."""
+        return self.extraction.mode == "full"
 
     def fingerprint(self) -> str:
         """A stable hash of the column names, types and encodings (for the schema registry)."""

@@ -67,13 +67,14 @@ def record_batch(
         conn.execute(
             """
             insert into pipeline.jobs (job_id, ingestion_id, client_name, table_name, source_file,
-                                       manifest_file, row_count, sha256)
-            values (%s, %s, %s, %s, %s, %s, %s, %s)
+                                       manifest_file, row_count, sha256, extraction_mode, cursor_column)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (job_id, ingestion_id) do update
                 set source_file = excluded.source_file, manifest_file = excluded.manifest_file
             """,
             (manifest.job_id, ingestion_id, manifest.client, manifest.table, arrived.files.data_key,
-             arrived.files.manifest_key, manifest.row_count, manifest.sha256),
+             arrived.files.manifest_key, manifest.row_count, manifest.sha256, manifest.extraction.mode,
+             manifest.extraction.cursor_column),
         )
     _event(conn, ingestion_id, "PENDING", airflow_run_id, f"run_id={first.run_id}")
 

@@ -5,7 +5,9 @@ kept and refused, NULLs per column among the kept rows, unmapped values per code
 gates compare this batch's profile with the newest promoted batch's of the same client (the
 thresholds are the mapping's ``anomalies``):
 
-- ``row_drop``: a full snapshot holding far fewer rows than the previous one;
+- ``row_drop``: a full snapshot holding far fewer rows than the previous promoted full snapshot
+  (a batch is a full snapshot of an entity when the mapping declares every table that feeds it
+  ``full_snapshot`` and the batch's file of each is one: an incremental file holds only changes);
 - ``null_rate``: a column whose share of NULLs jumps (the phantom null in a column everyone
   assumed populated);
 - ``unmapped_values``: a coded column (one with ``values``) that held no unmapped value and now
@@ -59,9 +61,18 @@ class Finding:
     message: str
 
 
+def full_snapshots(conn: psycopg.Connection[Any], mapping: ClientMapping, ingestion_id: str) -> dict[str, bool]:
+    """entity -> whether this batch is a full snapshot of it (the mapping and the files agree)."""
+    incremental = {r[0] for r in conn.execute(
+        "select table_name from pipeline.jobs where ingestion_id = %s and extraction_mode <> 'full'", (ingestion_id,))}
+    return {name: mapping.full_snapshot(name) and not incremental.intersection(tables)
+            for name, tables in mapping.entities.items()}
+
+
 def profile(conn: psycopg.Connection[Any], mapping: ClientMapping, ingestion_id: str) -> list[Profile]:
     """Profile the batch from its staging tables and store it (replacing an earlier attempt's)."""
     out = []
+    full = full_snapshots(conn, mapping, ingestion_id)
     for name in mapping.entities:
         columns = our_entity(name).column_names
         stg = ident(staging_schema(mapping.client), f"stg_{name}")
@@ -77,7 +88,7 @@ def profile(conn: psycopg.Connection[Any], mapping: ClientMapping, ingestion_id:
             counts, unmapped, stg), (ingestion_id,)).fetchone()
         assert row is not None
         n = len(columns)
-        found = Profile(name, mapping.full_snapshot(name), row[0], row[1], row[2],
+        found = Profile(name, full[name], row[0], row[1], row[2],
                         dict(zip(columns, row[3:3 + n], strict=True)), dict(zip(columns, row[3 + n:], strict=True)))
         conn.execute(
             "insert into pipeline.batch_profiles (ingestion_id, entity, full_snapshot, rows_received, rows_kept, "
@@ -102,15 +113,34 @@ def previous(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> d
     return {r[0]: Profile(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
 
-def compare(mapping: ClientMapping, now: list[Profile], before: dict[str, Profile]) -> list[Finding]:
+def previous_full(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> dict[str, Profile]:
+    """Per entity, the profile of the client's newest promoted full snapshot other than this batch:
+    what a full snapshot's row count is compared with, across the incremental batches between."""
+    rows = conn.execute(
+        "select distinct on (p.entity) p.entity, p.full_snapshot, p.rows_received, p.rows_kept, p.rows_refused, "
+        "p.nulls, p.unmapped from pipeline.batch_profiles p join pipeline.batches b using (ingestion_id) "
+        "where b.client_name = %s and b.state = 'SUCCESS' and b.ingestion_id <> %s and p.full_snapshot "
+        "order by p.entity, b.batch_date desc, b.updated_at desc", (client, ingestion_id)).fetchall()
+    return {r[0]: Profile(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+
+def compare(mapping: ClientMapping, now: list[Profile], before: dict[str, Profile],
+            before_full: dict[str, Profile] | None = None) -> list[Finding]:
+    """The findings of this batch against the previous promoted batch (``before``) and, for the
+    row count of a full snapshot, the previous promoted full snapshot (``before_full``; by default
+    ``before``'s full snapshots)."""
     limits, found = mapping.anomalies, []
+    if before_full is None:
+        before_full = {e: p for e, p in before.items() if p.full_snapshot}
     for p in now:
+        full = before_full.get(p.entity)
+        if (p.full_snapshot and full is not None and min(p.judged, full.judged) >= limits.min_rows
+                and p.rows_received < full.rows_received * (1 - limits.max_row_drop)):
+            found.append(Finding("row_drop", f"{p.entity}: the full snapshot holds {p.rows_received} rows, the "
+                                 f"previous one {full.rows_received} (a drop of more than {limits.max_row_drop:.0%})"))
         old = before.get(p.entity)
         if old is None or min(p.judged, old.judged) < limits.min_rows:
             continue
-        if p.full_snapshot and old.full_snapshot and p.rows_received < old.rows_received * (1 - limits.max_row_drop):
-            found.append(Finding("row_drop", f"{p.entity}: the full snapshot holds {p.rows_received} rows, the "
-                                 f"previous one {old.rows_received} (a drop of more than {limits.max_row_drop:.0%})"))
         for column in p.nulls:
             rise = p.null_share(column) - old.null_share(column)
             if rise > limits.max_null_rate_increase:

@@ -63,7 +63,9 @@ def run(conn: psycopg.Connection[Any], mapping: ClientMapping, batch: Batch) -> 
     if over := rejects.over_threshold(mapping, report.rejects):
         report.failed["rejects"] = over
     now = anomalies.profile(conn, mapping, ingestion_id)
-    for finding in anomalies.compare(mapping, now, anomalies.previous(conn, mapping.client, ingestion_id)):
+    before = anomalies.previous(conn, mapping.client, ingestion_id)
+    before_full = anomalies.previous_full(conn, mapping.client, ingestion_id)
+    for finding in anomalies.compare(mapping, now, before, before_full):
         report.failed.setdefault(finding.gate, []).append(finding.message)
     ok = accepted_gates(conn, ingestion_id)
     report.accepted = {gate: found for gate, found in report.failed.items() if gate in ok}

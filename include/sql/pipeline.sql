@@ -36,6 +36,12 @@ create table if not exists pipeline.jobs (
     primary key (job_id, ingestion_id)
 );
 
+-- How the extractor chose each file's rows (its manifest's extraction): a full snapshot may
+-- soft-delete what it no longer holds, an incremental file never does.
+alter table pipeline.jobs add column if not exists extraction_mode text not null default 'full'
+    check (extraction_mode in ('full', 'incremental'));
+alter table pipeline.jobs add column if not exists cursor_column text;
+
 -- Every state change, append-only.
 create table if not exists pipeline.batch_events (
     event_id        bigserial   primary key,
@@ -163,3 +169,47 @@ begin
     end if;
 end
 $$;
+
+-- Per client table: its newest batch, its newest full snapshot and what became of it, the newest
+-- promoted full snapshot, and the incremental batches promoted since. A table declared full_snapshot in the mapping deletes only through a full snapshot, so a
+-- data engineer reads here how long ago the client last sent one (and whether it promoted).
+create or replace view pipeline.table_snapshots as
+with files as (
+    select j.client_name, j.table_name, j.extraction_mode, j.row_count, b.ingestion_id, b.batch_date,
+           b.run_id, b.state, b.updated_at
+    from pipeline.jobs j
+    join pipeline.batches b using (ingestion_id)
+    where b.state <> 'DUPLICATE'
+),
+last_full as (
+    select distinct on (client_name, table_name)
+        client_name, table_name, ingestion_id, batch_date, run_id, state, row_count, updated_at
+    from files
+    where extraction_mode = 'full'
+    order by client_name, table_name, batch_date desc, updated_at desc
+),
+last_any as (
+    select distinct on (client_name, table_name)
+        client_name, table_name, extraction_mode, batch_date, state
+    from files
+    order by client_name, table_name, batch_date desc, updated_at desc
+)
+select
+    a.client_name,
+    a.table_name,
+    a.extraction_mode           as last_mode,
+    a.batch_date                as last_batch_date,
+    a.state                     as last_state,
+    f.ingestion_id              as last_full_ingestion_id,
+    f.batch_date                as last_full_batch_date,
+    f.run_id                    as last_full_run_id,
+    f.state                     as last_full_state,
+    f.row_count                 as last_full_rows,
+    (select max(p.batch_date) from files p
+     where p.client_name = a.client_name and p.table_name = a.table_name and p.extraction_mode = 'full'
+       and p.state = 'SUCCESS') as last_promoted_full_batch_date,
+    (select count(*) from files i
+     where i.client_name = a.client_name and i.table_name = a.table_name and i.extraction_mode = 'incremental'
+       and i.state = 'SUCCESS' and (f.batch_date is null or i.batch_date >= f.batch_date)) as incremental_since_full
+from last_any a
+left join last_full f using (client_name, table_name);

@@ -98,13 +98,19 @@ select * from final
 
 {#
     SQL that is true when this batch may soft-delete the entity's rows it does not hold: every
-    client table that feeds the entity is a full snapshot (the mapping's mode), and no row of the
-    batch has a refused key (such a row might be one of the rows that would look absent).
+    client table that feeds the entity is declared a full snapshot in the mapping, and this batch's
+    file of each is one (its manifest's extraction mode, recorded in pipeline.jobs: an incremental
+    file holds only the rows that changed), and no row of the batch has a refused key (such a row
+    might be one of the rows that would look absent).
 #}
 {% macro snapshot_deletes(entity, key) -%}
     {%- set spec = fromjson(var('mapping')).get(entity, {}) -%}
     {%- if spec.get('full_snapshot') -%}
-        (not exists (select 1 from {{ ref('stg_' ~ entity) }} as n where n.{{ key }} is null))
+        (not exists (select 1 from pipeline.jobs as j
+            where j.ingestion_id = {{ sql_literal(var('ingestion_id')) }}
+                and j.table_name in ({% for t in spec['tables'] %}{{ sql_literal(t['name']) }}{{ ", " if not loop.last }}{% endfor %})
+                and j.extraction_mode <> 'full')
+        and not exists (select 1 from {{ ref('stg_' ~ entity) }} as n where n.{{ key }} is null))
     {%- else -%}
         false
     {%- endif -%}
