@@ -369,7 +369,8 @@ def test_job_id_is_the_idempotency_key(pg_db: str, run_extractor: Any, tmp_path:
     # the keys, in order, are the contract's (the pipeline validates against it), and still the ones pinned here
     assert list(manifests[0]) == list(contract.MANIFEST_FIELDS) == [
         "format_version", "job_id", "client", "table", "schema", "date", "run_id", "extracted_at",
-        "extractor_version", "source_dialect", "row_count", "byte_size", "sha256", "data_file", "columns"]
+        "extractor_version", "source_dialect", "extraction", "row_count", "byte_size", "sha256", "data_file", "columns"]
+    assert manifests[0]["extraction"] == {"mode": "full", "cursor_column": None, "low_mark": None, "high_mark": None}
     assert [list(c) for c in manifests[0]["columns"]] == [list(contract.COLUMN_FIELDS)] * 2
     assert manifests[0]["job_id"] == contract.job_id("c", "t", dt.date(2026, 1, 2), sha)
     with pg_connect(pg_db, autocommit=True) as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -18,10 +19,11 @@ from tests.support.oracle import Rows
 
 
 def extract(settings: Any, client: str, source_url: str, day: date, *, password: str,
-            run_id: str | None = None) -> str:
-    """Run dist/client-extractor against the client's database into the bucket; the run id."""
+            run_id: str | None = None, extra: Sequence[str] = ()) -> str:
+    """Run dist/client-extractor against the client's database into the bucket; the run id.
+    ``extra``: more options (e.g. --config with an [incremental] table, --full-refresh)."""
     args = [str(build_binary()), "--source", source_url, "--client", client, "--date", day.isoformat(),
-            "--output", f"s3://{settings.s3.bucket}", "--endpoint-url", settings.s3.endpoint_url]
+            "--output", f"s3://{settings.s3.bucket}", "--endpoint-url", settings.s3.endpoint_url, *extra]
     if run_id:
         args += ["--run-id", run_id]
     env = {**os.environ, "EXTRACTOR_DB_PASSWORD": password}
