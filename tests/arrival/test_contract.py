@@ -91,3 +91,36 @@ def test_layout_round_trips(table: str) -> None:
 ])
 def test_keys_outside_the_layout_are_not_batches(key: str) -> None:
     assert contract.parse_key(key) is None
+
+
+def test_extraction_fields_are_the_contract_fields(written_manifest: bytes) -> None:
+    from clientflow.arrival.manifest import Extraction
+
+    assert list(Extraction.model_fields) == list(contract.EXTRACTION_FIELDS)
+    assert list(json.loads(written_manifest)["extraction"]) == list(contract.EXTRACTION_FIELDS)
+    assert parse_manifest(written_manifest, Where()).full_snapshot
+
+
+def test_incremental_manifest_names_a_cursor_the_table_has(written_manifest: bytes) -> None:
+    base = json.loads(written_manifest)
+    column = base["columns"][0]["name"]
+    mark = "2026-11-30 23:59:59.123456+00"
+    good = {**base, "extraction": {"mode": "incremental", "cursor_column": column, "low_mark": mark, "high_mark": mark}}
+    manifest = parse_manifest(json.dumps(good).encode(), Where())
+    assert not manifest.full_snapshot and manifest.extraction.cursor_column == column
+    jsonschema.validate(good, json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+    for extraction, message in (
+        ({"mode": "incremental", "cursor_column": "not_a_column", "low_mark": mark, "high_mark": mark},
+         "cursor_column is not one of the manifest's columns"),
+        ({"mode": "incremental", "cursor_column": column, "low_mark": None, "high_mark": mark},
+         "an incremental manifest names its cursor_column and low_mark"),
+        ({"mode": "partial", "cursor_column": None, "low_mark": None, "high_mark": None}, "extraction.mode"),
+    ):
+        with pytest.raises(BadInputError, match=message) as caught:
+            parse_manifest(json.dumps({**base, "extraction": extraction}).encode(), Where(client="acme"))
+        assert mark not in str(caught.value)  # marks are values: never quoted
+
+
+def test_manifest_without_extraction_is_a_full_snapshot(written_manifest: bytes) -> None:
+    older = {k: v for k, v in json.loads(written_manifest).items() if k != "extraction"}
+    assert parse_manifest(json.dumps(older).encode(), Where()).full_snapshot

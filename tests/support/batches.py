@@ -15,13 +15,18 @@ from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, job_i
 
 
 def manifest_for(client: str, table: str, day: date, run_id: str, data: bytes, rows: int,
-                 columns: list[dict[str, Any]]) -> dict[str, Any]:
+                 columns: list[dict[str, Any]], cursor: str | None = None) -> dict[str, Any]:
+    """A valid manifest of ``data``: a full snapshot, or with ``cursor`` an incremental file."""
     sha = hashlib.sha256(data).hexdigest()
+    mode = "full" if cursor is None else "incremental"
+    marks = (None, None) if cursor is None else ("0", "1")
     return {
-        "format_version": 1, "job_id": job_id(client, table, day, sha), "client": client,
+        "format_version": 1, "job_id": job_id(client, table, day, sha, mode), "client": client,
         "table": table, "schema": "public", "date": day.isoformat(), "run_id": run_id,
         "extracted_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "extractor_version": "test", "source_dialect": "postgresql", "row_count": rows,
+        "extractor_version": "test", "source_dialect": "postgresql",
+        "extraction": {"mode": mode, "cursor_column": cursor, "low_mark": marks[0], "high_mark": marks[1]},
+        "row_count": rows,
         "byte_size": len(data), "sha256": sha, "data_file": "data.json", "columns": columns,
     }
 

@@ -79,16 +79,17 @@ class Practice:
     def write(self, day: date, run_id: str, data: dict[str, list[dict[str, Any]]], *,
               skip_manifest: tuple[str, ...] = (), skip_table: tuple[str, ...] = (),
               encodings: dict[str, str] | None = None, corrupt: tuple[str, ...] = (),
-              mapping: ClientMapping | None = None) -> Batch:
+              mapping: ClientMapping | None = None, incremental: dict[str, str] | None = None) -> Batch:
         """Upload one run; returns the batch ``find_batch`` would return for it (its files as the
-        given mapping, by default the standard test mapping, names them)."""
+        given mapping, by default the standard test mapping, names them). ``incremental``: table ->
+        cursor column of the files written as incremental ones."""
         s3 = self.settings.s3.client()
         for table, rows in data.items():
             if table in skip_table:
                 continue
             body = json.dumps(rows).encode()
             manifest = manifest_for(self.client, table, day, run_id, body, len(rows),
-                                    _columns(rows, encodings or {}))
+                                    _columns(rows, encodings or {}), (incremental or {}).get(table))
             if table in corrupt:  # uploaded bytes no longer match the manifest
                 body = body.replace(b"Name", b"Nane", 1)
             put_table(s3, self.settings.s3.bucket, self.client, table, day, run_id, body,

@@ -147,6 +147,32 @@ def test_a_full_snapshot_that_shrank_stops(settings: Any) -> None:
     assert "gate row_drop: patients: the full snapshot holds 12 rows, the previous one 40" in message
 
 
+def test_an_incremental_batch_is_no_shrunk_snapshot_and_deletes_nothing(settings: Any) -> None:
+    """A file of changed rows is not judged against the last full snapshot's size and deletes
+    nothing; the next full snapshot is compared with the last full one, not with the increment."""
+    mapping = _mapping("gate_incr")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(40)))
+    changed = tables(40)
+    changed[TABLES["patients"]] = changed[TABLES["patients"]][:12]
+    for row in changed[TABLES["patients"]]:
+        row["pt_last"] = "Changed"
+    batch = run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", changed,
+                                                        incremental={TABLES["patients"]: "pt_id"}))
+    patients = production_rows(settings, mapping.client, "patients", "last_name", "deleted_at")
+    assert len(patients) == 40 and all(deleted is None for _, deleted in patients.values())
+    assert sum(name == "Changed" for name, _ in patients.values()) == 12
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        profiled = conn.execute("select entity, full_snapshot from pipeline.batch_profiles where ingestion_id = %s "
+                                "order by entity", (batch.ingestion_id,)).fetchall()
+    assert dict(profiled) == {"appointments": True, "patients": False, "providers": True}
+    found = practice.write(DAY + timedelta(days=2), "r3", tables(12, "c", visits=12))
+    with pytest.raises(ValidationFailed) as stopped:
+        run_batch(settings, mapping, found)
+    assert "gate row_drop: patients: the full snapshot holds 12 rows, the previous one 40" in str(stopped.value)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
 def test_a_phantom_null_stops(settings: Any) -> None:
     second = tables(30, "b")
     for row in second[TABLES["patients"]][:12]:
