@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test test-stack up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e clean
+.PHONY: install demo test test-stack up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e bench-incremental clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -96,3 +96,8 @@ bench-parse: install
 # The 1,000,000-patient batch through the real DAG on the local stack (it starts the stack).
 bench-e2e: install extractor
 	$(VENV)/bin/python bench/bench_e2e.py
+
+# An incremental batch (1% of the rows changed) against a full refresh of the same source, on the
+# local stack: extraction and batch-to-production times.
+bench-incremental: install extractor
+	$(VENV)/bin/python bench/bench_incremental.py

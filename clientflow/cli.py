@@ -4,6 +4,8 @@
     clientflow rejects CLIENT [--batch ID]      list the values a client's batches refused (never the values)
     clientflow accept ID --by NAME --reason WHY [--gate G]   accept a batch a gate stopped
     clientflow reoffer ID --by NAME --reason WHY             let a batch run again after a mapping fix
+    clientflow snapshots CLIENT        per client table: the newest file's mode, the last full snapshot
+                                       and its state, the incremental batches promoted since
     clientflow mapping-schema          print the mapping files' JSON Schema (include/mappings/mapping.schema.json)
     clientflow manifest-schema         print the manifest's JSON Schema (docs/manifest.schema.json)
     clientflow bucket-events           create the bucket if missing, each client's SQS queue, and the
@@ -145,6 +147,25 @@ def _rejects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshots(args: argparse.Namespace) -> int:
+    with _staging() as conn:
+        rows = conn.execute(
+            "select table_name, last_mode, last_batch_date, last_state, last_full_batch_date, last_full_state, "
+            "last_promoted_full_batch_date, incremental_since_full from pipeline.table_snapshots "
+            "where client_name = %s order by table_name", (args.client,)).fetchall()
+    if not rows:
+        print(f"no batch of client {args.client} in the ledger", file=sys.stderr)
+        return 1
+    width = max(len("table"), *(len(r[0]) for r in rows))
+    print(f"{'table':<{width}}  newest file                       last full snapshot     last promoted full  "
+          "increments since")
+    for table, mode, day, state, full_day, full_state, promoted, since in rows:
+        newest = f"{mode} {day} {state}"
+        full = f"{full_day} {full_state}" if full_day else "none"
+        print(f"{table:<{width}}  {newest:<32}  {full:<21}  {str(promoted or 'never'):<18}  {since}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +187,9 @@ def parser() -> argparse.ArgumentParser:
         if name == "accept":
             action.add_argument("--gate", action="append", help="a gate to accept (default: every acceptable gate)")
         action.set_defaults(run=run)
+    snapshots = commands.add_parser("snapshots", help="each client table's last full snapshot and the increments since")
+    snapshots.add_argument("client")
+    snapshots.set_defaults(run=_snapshots)
     commands.add_parser("manifest-schema", help="print the manifest's JSON Schema").set_defaults(run=_manifest_schema)
     commands.add_parser("bucket-events", help="set up the bucket's manifest notifications to each client's queue"
                         ).set_defaults(run=_bucket_events)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import (
     DAG,
@@ -37,6 +36,7 @@ from client_extractor.contract import RUN_ID
 from clientflow import airflow_edge as edge
 from clientflow.arrival.batches import sensor_check
 from clientflow.arrival.events import EventSettings
+from clientflow.arrival.sensor import BatchKeySensor
 from clientflow.mapping import MAPPINGS_DIR, ClientMapping, MappingError, load_mapping, mapping_files
 from clientflow.transform.dbt_group import dbt_task_group
 
@@ -97,8 +97,8 @@ def schedule_of(mapping: ClientMapping, events: EventSettings | None) -> Any:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(mapping.schedule, timezone="UTC"), assets=asset)
 
 
-def _wait_for_batch(mapping: ClientMapping, events: EventSettings | None) -> S3KeySensor:
-    return S3KeySensor(
+def _wait_for_batch(mapping: ClientMapping, events: EventSettings | None) -> BatchKeySensor:
+    return BatchKeySensor(
         task_id="wait_for_batch",
         aws_conn_id=edge.IDS.s3,
         bucket_name=f"{{{{ conn.{edge.IDS.s3}.extra_dejson.bucket }}}}",

@@ -68,6 +68,34 @@ def test_partial_upload_triggers_nothing(settings: Any) -> None:
     assert pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY)).run_id == "20260310T010000Z-a"
 
 
+def test_a_deferred_wait_sees_the_batch_that_lands_while_it_waits(settings: Any) -> None:
+    """The scheduled run starts before the upload, so its sensor defers; when the trigger fires,
+    the sensor judges the bucket itself (the provider's trigger hands check_fn no key of our
+    nested layout) and resumes only once one run is complete."""
+    import asyncio
+
+    from airflow.exceptions import TaskDeferred
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    mapping = mapping_for("arr_deferred")
+    practice = Practice(settings, mapping.client)
+    sensor = _sensor_for(mapping, settings, DAY)
+    assert sensor.deferrable
+    data = tables(3)
+    practice.write(DAY, "20260310T010000Z-a", data, skip_manifest=("person",))  # under way
+    with pytest.raises(TaskDeferred):
+        sensor.execute_complete({}, {"status": "running", "files": []})
+    practice.write(DAY, "20260310T010000Z-a", data)  # finished
+
+    async def trigger_files() -> list[Any]:  # what S3KeyTrigger would pass to check_fn
+        hook = S3Hook(aws_conn_id=sensor.aws_conn_id)
+        async with await hook.get_async_conn() as client:
+            return await hook.get_files_async(client, sensor.bucket_name, sensor.bucket_key, True)
+
+    assert asyncio.run(trigger_files()) == []  # the provider's listing: no key of ours
+    assert sensor.execute_complete({}, {"status": "running", "files": []}) is None
+
+
 def test_sensor_pinned_to_a_run_waits_for_that_run(settings: Any) -> None:
     mapping = mapping_for("arr_pinned")
     practice = Practice(settings, mapping.client)

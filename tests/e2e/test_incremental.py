@@ -11,6 +11,8 @@ appointment is soft-deleted, and production's live rows equal the source, value 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,12 @@ def test_incremental_batches_upsert_and_only_full_snapshots_delete(
     assert {"9001", "5"} <= live["patients"] and "90001" in live["appointments"]
     _assert_values(settings, expected)
     assert _snapshots(settings)["fact_appointment"] == ("incremental", DAYS[0], "SUCCESS", 1)
+    listed = subprocess.run([sys.executable, "-m", "clientflow.cli", "snapshots", CLIENT],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    line = next(t for t in listed.stdout.splitlines() if t.startswith("fact_appointment"))
+    assert line.split() == ["fact_appointment", "incremental", DAYS[1].isoformat(), "SUCCESS",
+                            DAYS[0].isoformat(), "SUCCESS", DAYS[0].isoformat(), "1"]
 
     # day 3: a full refresh: the deleted appointment is soft-deleted, production equals the source
     _extract(settings, source_dsn, tmp_path, DAYS[2], "--full-refresh")
