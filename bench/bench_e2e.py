@@ -132,25 +132,28 @@ def airflow(*args: str) -> str:
     return sh("bash", "-c", 'eval "$(scripts/stack.sh airflow-env)"; exec .venv/bin/airflow "$@"', "airflow", *args)
 
 
-def _taken_by(staging: Any, day: date) -> str | None:
-    """The Airflow run that took ``day``'s batch up (the ledger records it at ingest)."""
+def _taken_by(staging: Any, day: date, batch_run_id: str | None = None) -> str | None:
+    """The Airflow run that took ``day``'s batch (of extractor run ``batch_run_id``, if given) up:
+    the ledger records it at ingest."""
     row = staging.execute("select airflow_run_id from pipeline.batches where client_name = 'ehrlogic' and "
-                          "batch_date = %s", (day,)).fetchone()
+                          "batch_date = %s and (%s::text is null or run_id = %s) order by created_at desc",
+                          (day, batch_run_id, batch_run_id)).fetchone()
     return row[0] if row and row[0] else None
 
 
-def run_dag(day: date, arrived: float) -> dict[str, float]:
+def run_dag(day: date, arrived: float, batch_run_id: str | None = None) -> dict[str, float]:
     """The run that processes ``day``'s batch: the one its bucket event (or a scheduled run
     waiting for it) started, else, if none took it up within a minute, one triggered here.
     Seconds per task, and from the batch's arrival (``arrived``) to the end of promote."""
     with psycopg.connect(dsn("clientflow_airflow"), autocommit=True) as meta, \
             psycopg.connect(dsn("clientflow_staging"), autocommit=True) as staging:
         deadline = time.time() + 60
-        while (run_id := _taken_by(staging, day)) is None and time.time() < deadline:
+        while (run_id := _taken_by(staging, day, batch_run_id)) is None and time.time() < deadline:
             time.sleep(1)
         if run_id is None:
             run_id = f"bench__{day:%Y%m%d}_{time.time_ns()}"
-            airflow("dags", "trigger", DAG, "--run-id", run_id, "--conf", json.dumps({"batch_date": day.isoformat()}))
+            conf = {"batch_date": day.isoformat(), **({"run_id": batch_run_id} if batch_run_id else {})}
+            airflow("dags", "trigger", DAG, "--run-id", run_id, "--conf", json.dumps(conf))
         while True:
             state = meta.execute("select state from dag_run where dag_id = %s and run_id = %s", (DAG, run_id)).fetchone()
             if state and state[0] in ("success", "failed"):
@@ -167,8 +170,12 @@ def run_dag(day: date, arrived: float) -> dict[str, float]:
 
 
 def reset_client() -> None:
-    """Forget the sample client on the local stack (ledger, raw, staging, dummy and real production),
-    so each run of the benchmark starts from an empty production. The bucket keeps its files."""
+    """Forget the sample client's data on the local stack (raw, staging, dummy and real production,
+    profiles, rejects, schema versions), so each run of the benchmark starts from an empty
+    production. The bucket keeps its files, and the ledger keeps its record of the batches it took
+    up (batches, jobs, events): forgetting those would make every earlier batch in the bucket one
+    the sweep has never seen, and it would process them all, one run after another, beside the
+    benchmark's."""
     for dbname in ("clientflow_staging", "clientflow_production"):
         with psycopg.connect(dsn(dbname)) as conn:
             for table in ("procedures", "appointments", "patients", "providers"):
@@ -179,9 +186,8 @@ def reset_client() -> None:
             conn.execute("drop schema if exists raw_ehrlogic cascade")
             conn.execute("drop schema if exists stg_ehrlogic cascade")
             ids = "(select ingestion_id from pipeline.batches where client_name = 'ehrlogic')"
-            for table in ("rejects", "batch_profiles", "acceptances", "batch_events", "jobs"):
+            for table in ("rejects", "batch_profiles", "acceptances"):
                 conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}")  # noqa: S608
-            conn.execute("delete from pipeline.batches where client_name = 'ehrlogic'")
             conn.execute("delete from pipeline.schema_registry where client_name = 'ehrlogic'")
     for dbname in ("clientflow_staging", "clientflow_production"):  # so each run meets clean tables
         with psycopg.connect(dsn(dbname), autocommit=True) as conn:

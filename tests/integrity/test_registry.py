@@ -30,19 +30,24 @@ def _versions(settings: Any, client: str) -> int:
                             (client,)).fetchone()[0]
 
 
-def test_renamed_mapped_column_stops_the_batch_before_dbt(settings: Any) -> None:
-    mapping = mapping_for("drift_rename")
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_renamed_mapped_column_stops_the_batch_before_dbt(settings: Any, mode: str) -> None:
+    """The same check for a full snapshot and an incremental file (the registry and drift apply to both)."""
+    client = "drift_rename" if mode == "full" else "drift_rename_inc"
+    mapping = mapping_for(client)
     practice = Practice(settings, mapping.client)
     earlier = run_batch(settings, mapping, practice.write(date(2026, 6, 1), "r1", tables(3)))
     versions = _versions(settings, mapping.client)
-    renamed = practice.write(date(2026, 6, 2), "r2", _renamed(tables(3, "b"), "patient_dob", "dob"))
+    incremental = {"person": "pt_id"} if mode == "incremental" else None
+    renamed = practice.write(date(2026, 6, 2), "r2", _renamed(tables(3, "b"), "patient_dob", "dob"),
+                             incremental=incremental)
 
     with pytest.raises(DriftError) as caught:
         pipeline.ingest(settings, mapping, renamed, airflow_run_id="drift")
 
     message = str(caught.value)
     assert "mapped column 'patient_dob' (our patients.date_of_birth) is missing" in message
-    assert "probably renamed to 'dob'" in message and "include/mappings/drift_rename.yaml" in message
+    assert "probably renamed to 'dob'" in message and f"include/mappings/{client}.yaml" in message
     assert "table=person" in message and "stopped before transformation" in message
     assert raw_counts(settings, mapping.client, "person") == {earlier.ingestion_id: 3}
     assert _versions(settings, mapping.client) == versions
