@@ -169,13 +169,15 @@ def run_dag(day: date, arrived: float, batch_run_id: str | None = None) -> dict[
     return times
 
 
-def reset_client() -> None:
-    """Forget the sample client's data on the local stack (raw, staging, dummy and real production,
-    profiles, rejects, schema versions), so each run of the benchmark starts from an empty
-    production. The bucket keeps its files, and the ledger keeps its record of the batches it took
-    up (batches, jobs, events): forgetting those would make every earlier batch in the bucket one
-    the sweep has never seen, and it would process them all, one run after another, beside the
-    benchmark's."""
+def reset_client(*, keep_ledger: bool = False) -> None:
+    """Forget the sample client on the local stack (raw, staging, dummy and real production,
+    profiles, rejects, schema versions and, unless ``keep_ledger``, its ledger), so each run of the
+    benchmark starts from an empty production. The bucket keeps its files.
+
+    ``keep_ledger`` keeps the ledger's record of the batches it took up (batches, jobs, events):
+    without it every earlier batch in the bucket is one the sweep has never seen, and it processes
+    them all, one run after another, beside the benchmark's (bench_incremental keeps it, and uses
+    dates the bucket has no file of)."""
     for dbname in ("clientflow_staging", "clientflow_production"):
         with psycopg.connect(dsn(dbname)) as conn:
             for table in ("procedures", "appointments", "patients", "providers"):
@@ -186,8 +188,11 @@ def reset_client() -> None:
             conn.execute("drop schema if exists raw_ehrlogic cascade")
             conn.execute("drop schema if exists stg_ehrlogic cascade")
             ids = "(select ingestion_id from pipeline.batches where client_name = 'ehrlogic')"
-            for table in ("rejects", "batch_profiles", "acceptances"):
+            forget = ("rejects", "batch_profiles", "acceptances") + (() if keep_ledger else ("batch_events", "jobs"))
+            for table in forget:
                 conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}")  # noqa: S608
+            if not keep_ledger:
+                conn.execute("delete from pipeline.batches where client_name = 'ehrlogic'")
             conn.execute("delete from pipeline.schema_registry where client_name = 'ehrlogic'")
     for dbname in ("clientflow_staging", "clientflow_production"):  # so each run meets clean tables
         with psycopg.connect(dsn(dbname), autocommit=True) as conn:

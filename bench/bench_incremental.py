@@ -120,7 +120,7 @@ def main() -> int:
     args = parser.parse_args()
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, cwd=ROOT)
     airflow("dags", "unpause", DAG)
-    reset_client()
+    reset_client(keep_ledger=True)
     rows = prepare_source(args.patients)
     days = fresh_days(2)
     runs = [f"bench-incremental-{time.strftime('%Y%m%dT%H%M%S')}-{i}" for i in (1, 2)]
