@@ -116,26 +116,35 @@ def run_find_batch(mapping: ClientMapping, planned: dict[str, Any]) -> dict[str,
 def run_ingest(mapping: ClientMapping, found: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     from clientflow import pipeline
     from clientflow.batch import Batch
+    from clientflow.operations.timing import timed
 
-    batch = pipeline.ingest(_settings(), mapping, Batch.from_xcom(found), dag_id=context["dag"].dag_id,
-                            airflow_run_id=context["run_id"])
-    return batch.to_xcom()
+    settings, batch = _settings(), Batch.from_xcom(found)
+    with timed(settings.staging, "ingest", batch, context["run_id"]) as span:
+        span.batch = pipeline.ingest(settings, mapping, batch, dag_id=context["dag"].dag_id,
+                                     airflow_run_id=context["run_id"])
+    return span.batch.to_xcom()
 
 
 @stage
-def run_validate(mapping: ClientMapping, loaded: dict[str, Any]) -> dict[str, int]:
+def run_validate(mapping: ClientMapping, loaded: dict[str, Any], context: dict[str, Any]) -> dict[str, int]:
     from clientflow import pipeline
     from clientflow.batch import Batch
+    from clientflow.operations.timing import timed
 
-    return pipeline.validate(_settings(), mapping, Batch.from_xcom(loaded))
+    settings, batch = _settings(), Batch.from_xcom(loaded)
+    with timed(settings.staging, "validate", batch, context["run_id"]):
+        return pipeline.validate(settings, mapping, batch)
 
 
 @stage
 def run_promote(mapping: ClientMapping, loaded: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     from clientflow import pipeline
     from clientflow.batch import Batch
+    from clientflow.operations.timing import timed
 
-    return pipeline.promote(_settings(), mapping, Batch.from_xcom(loaded), airflow_run_id=context["run_id"])
+    settings, batch = _settings(), Batch.from_xcom(loaded)
+    with timed(settings.staging, "promote", batch, context["run_id"]):
+        return pipeline.promote(settings, mapping, batch, airflow_run_id=context["run_id"])
 
 
 def known_batch(ti: Any) -> Any:
@@ -149,32 +158,53 @@ def known_batch(ti: Any) -> Any:
     return None
 
 
-def on_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
-    """The DAG's failure callback: ledger FAILED, the client lock released, the owners emailed."""
+def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
+    """First of the failure callbacks: ledger FAILED, dummy production restored, the client lock
+    released. The notifiers after it (clientflow.operations.notify) read what it recorded."""
 
     def callback(context: dict[str, Any]) -> None:
-        from airflow.sdk import Connection
-
         from clientflow import pipeline
         from clientflow.operations import alerts
 
-        ti = context["ti"]
-        batch = known_batch(ti)
-        exc = context.get("exception")
         try:
-            pipeline.mark_failed(_settings(), batch, alerts.safe_reason(exc), airflow_run_id=context["run_id"])
-        except Exception as err:  # the email must still go out
-            log.error("could not record FAILED in the ledger: %s", type(err).__name__)
-        subject, body = alerts.compose(alerts.Failure(
-            dag_id=ti.dag_id, task_id=ti.task_id, airflow_run_id=context["run_id"],
-            try_number=ti.try_number, client=mapping.client, batch=batch, exception=exc,
-            log_url=getattr(ti, "log_url", None),
-        ))
-        smtp = Connection.get(IDS.smtp)
-        extra = smtp.extra_dejson
-        alerts.send(smtp.host or "127.0.0.1", int(smtp.port or 25), extra.get("from_email", "clientflow@localhost"),
-                    mapping.owners, subject, body, user=smtp.login or None, password=smtp.password or None,
-                    starttls=bool(extra.get("starttls", False)))
-        log.info("failure email sent to %d owner(s)", len(mapping.owners))
+            pipeline.mark_failed(_settings(), known_batch(context["ti"]), alerts.safe_reason(context.get("exception")),
+                                 airflow_run_id=context["run_id"])
+        except Exception as err:  # the notifiers must still run
+            log.error("[client=%s] could not record FAILED in the ledger: %s", mapping.client, type(err).__name__)
 
     return callback
+
+
+def on_failure(mapping: ClientMapping) -> list[Callable[[dict[str, Any]], None]]:
+    """The client DAG's failure callbacks, in order: record, email the owners, escalate after
+    repeated failures, then the mapping's extra notifiers."""
+    from clientflow.operations import notify
+
+    return [record_failure(mapping), *notify.failure_notifiers(mapping, IDS.smtp)]
+
+
+def on_promoted(mapping: ClientMapping) -> list[Callable[[dict[str, Any]], None]]:
+    """The promote task's success callbacks: a repeated-failure incident ends, with its notice."""
+    from clientflow.operations import notify
+
+    return list(notify.recovery_notifiers(mapping, IDS.smtp))
+
+
+def run_watchdog() -> list[str]:
+    """The watchdog DAG's task: every client mapping that loads, checked; what was sent, returned."""
+    from clientflow.mapping import load_mapping, mapping_files
+    from clientflow.operations import alerts, watchdog
+
+    mappings = []
+    for path in mapping_files():
+        try:
+            mappings.append(load_mapping(path))
+        except Exception as exc:  # noqa: BLE001 - its own DAG already says why; the others are watched
+            log.warning("watchdog skips %s: the mapping cannot be used (%s)", path.name, type(exc).__name__)
+
+    def send(recipients: Any, subject: str, body: str) -> None:
+        alerts.send(IDS.smtp, recipients, subject, body)
+
+    said = watchdog.watch(_settings(), mappings, send)
+    log.info("watchdog checked %d client(s); %d message(s) sent", len(mappings), len(said))
+    return said

@@ -159,10 +159,10 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
             return edge.run_ingest(mapping, found, context)
 
         @task
-        def validate(loaded: dict[str, Any]) -> dict[str, int]:
-            return edge.run_validate(mapping, loaded)
+        def validate(loaded: dict[str, Any], **context: Any) -> dict[str, int]:
+            return edge.run_validate(mapping, loaded, context)
 
-        @task
+        @task(on_success_callback=edge.on_promoted(mapping))
         def promote(loaded: dict[str, Any], **context: Any) -> dict[str, Any]:
             return edge.run_promote(mapping, loaded, context)
 
@@ -175,6 +175,39 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
         transform = dbt_task_group(mapping, edge.IDS)
         planned >> wait >> found
         loaded >> transform >> validate(loaded) >> promote(loaded)  # type: ignore[arg-type]
+    return dag
+
+
+WATCHDOG_DAG_ID = "clientflow_watchdog"
+
+
+def watchdog_dags() -> dict[str, DAG]:
+    """The watchdog DAG by id; nothing in a task process of another DAG (``get_parsing_context``)."""
+    wanted = get_parsing_context().dag_id
+    return {} if wanted not in (None, WATCHDOG_DAG_ID) else {WATCHDOG_DAG_ID: build_watchdog_dag()}
+
+
+def build_watchdog_dag() -> DAG:
+    """Every 15 minutes: stale clients, batches waiting in the bucket, failed batches left alone
+    (clientflow.operations.watchdog), each alerted once per incident, with a recovery notice."""
+    with DAG(
+        dag_id=WATCHDOG_DAG_ID,
+        description="Alerts on patterns no single run sees: stale data, a backlog, failed batches left alone",
+        schedule=CronTriggerTimetable("*/15 * * * *", timezone="UTC"),
+        start_date=datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC")),
+        catchup=False,
+        max_active_runs=1,
+        tags=["clientflow", "operations"],
+        doc_md="### clientflow watchdog\n\nChecks every client every 15 minutes; see docs/runbook.md.",
+        default_args={"owner": "clientflow", "retries": 2, "retry_delay": timedelta(minutes=1),
+                      "retry_exponential_backoff": True},
+    ) as dag:
+
+        @task
+        def watch() -> list[str]:
+            return edge.run_watchdog()
+
+        watch()
     return dag
 
 

@@ -273,6 +273,8 @@ def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
                 if owned:
                     restored = promotion.undo_batch(conn, batch.client, batch.ingestion_id)
                     log.info("[%s] dummy production restored: %s", batch.where().describe(), restored)
+                    if lock is not None:  # (owned implies it)
+                        locks.retire(conn, lock)
                 state = ledger.state_of(conn, batch.ingestion_id)
                 failed = [batch.ingestion_id] if state not in (None, *ledger.DONE) else []
         else:

@@ -29,7 +29,27 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
 
 def test_one_dag_per_mapping_file(dagbag) -> None:  # type: ignore[no-untyped-def]
     clients = sorted(p.stem for p in (ROOT / "include" / "mappings").glob("*.yaml"))
-    assert sorted(dagbag.dag_ids) == [f"client_{c}" for c in clients]
+    assert sorted(dagbag.dag_ids) == sorted(["clientflow_watchdog", *(f"client_{c}" for c in clients)])
+
+
+def test_watchdog_runs_every_quarter_hour_alone(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["clientflow_watchdog"]
+    assert dag.timetable.expression == "*/15 * * * *" and dag.max_active_runs == 1 and dag.catchup is False
+    assert [t.task_id for t in dag.tasks] == ["watch"]
+
+
+def test_client_dags_alert_through_notifiers(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import BaseNotifier
+
+    from clientflow.operations.notify import BatchFailureEmail, EscalationNotifier, RecoveryNotifier
+
+    dag = dagbag.dags["client_ehrlogic"]
+    for t in dag.tasks:
+        callbacks = t.on_failure_callback
+        assert isinstance(callbacks, list) and len(callbacks) >= 3, t.task_id
+        assert [type(c) for c in callbacks[1:3]] == [BatchFailureEmail, EscalationNotifier], t.task_id
+        assert all(isinstance(c, BaseNotifier) for c in callbacks[1:])
+    assert [type(c) for c in dag.get_task("promote").on_success_callback] == [RecoveryNotifier]
 
 
 def test_dags_are_tagged_and_retry(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +149,7 @@ def three_clients(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_malformed_mapping_costs_only_its_own_client(three_clients: Path) -> None:
     parsed = _parse(three_clients)
     assert parsed["errors"] == {}
-    assert sorted(parsed["dags"]) == ["client_alpha", "client_beta", "client_gamma"]
+    assert sorted(parsed["dags"]) == ["client_alpha", "client_beta", "client_gamma", "clientflow_watchdog"]
     assert parsed["dags"]["client_alpha"]["tasks"] == parsed["dags"]["client_gamma"]["tasks"] == 9
     beta = parsed["dags"]["client_beta"]
     line = next(i for i, x in enumerate((three_clients / "beta.yaml").read_text().splitlines(), 1) if "retension" in x)

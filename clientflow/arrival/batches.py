@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, parse_key
@@ -30,11 +30,16 @@ class ArrivedTable:
     manifest: Manifest
 
 
-def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
+def _list_objects(s3: Any, bucket: str, prefix: str) -> dict[str, datetime]:
+    """Key -> upload time of every object under ``prefix``."""
+    found: dict[str, datetime] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return keys
+        found.update((obj["Key"], obj["LastModified"]) for obj in page.get("Contents", []))
+    return found
+
+
+def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    return list(_list_objects(s3, bucket, prefix))
 
 
 def runs_with_every_table(keys: Iterable[str], mapping: ClientMapping, day: date) -> list[str]:
@@ -63,6 +68,20 @@ def complete_batches(s3: Any, bucket: str, mapping: ClientMapping, since: date) 
     keys = _list_keys(s3, bucket, f"client={mapping.client}/")
     days = sorted({p.day for p in map(parse_key, keys) if p is not None and p.day >= since})
     return [(day, runs[-1]) for day in days if (runs := runs_with_every_table(keys, mapping, day))]
+
+
+def waiting_since(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> dict[tuple[date, str], datetime]:
+    """(date, newest complete run id) -> when its last file arrived, for every date from ``since``
+    on: what the watchdog compares with the ledger to find batches nobody processed."""
+    objects = _list_objects(s3, bucket, f"client={mapping.client}/")
+    parsed = {key: p for key in objects if (p := parse_key(key)) is not None and p.day >= since}
+    found: dict[tuple[date, str], datetime] = {}
+    for day in sorted({p.day for p in parsed.values()}):
+        runs = runs_with_every_table(parsed, mapping, day)
+        if runs:
+            found[(day, runs[-1])] = max(t for key, t in objects.items()
+                                        if key in parsed and parsed[key].day == day and parsed[key].run_id == runs[-1])
+    return found
 
 
 def sensor_check(mapping: ClientMapping) -> Callable[..., bool]:

@@ -9,7 +9,7 @@ resolved to what the SQL needs.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -214,6 +214,36 @@ class SchemaPolicy(BaseModel):
     type_changes: Literal["evolve", "warn", "fail"] = "fail"
 
 
+class ExtraNotifier(BaseModel):
+    """An Airflow notifier from a provider, added to the client's failure alerts without code."""
+
+    model_config = _STRICT
+    notifier: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+                          description="Import path of a BaseNotifier subclass, e.g. "
+                          "airflow.providers.slack.notifications.slack.SlackNotifier.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments (its templated fields "
+                                 "are rendered with the task's context; never put a secret here: use a connection).")
+
+
+class AlertPolicy(BaseModel):
+    """Who is told what, when: failure emails, escalation on repeated failures, the watchdog."""
+
+    model_config = _STRICT
+    escalate_after: int = Field(default=3, ge=1, description="This many batches failed in a row (no promotion "
+                                "between them) escalate, once per incident, to `escalation`.")
+    escalation: list[str] = Field(default_factory=list, description="Emails of the second line; empty: the owners.")
+    stale_after: timedelta | None = Field(default=None, description="The watchdog alerts when the newest promoted "
+                                          "batch is older than this (ISO 8601 duration, e.g. PT30H); default: "
+                                          "the schedule's interval plus `grace`.")
+    grace: timedelta = Field(default=timedelta(hours=6), description="Added to the schedule's interval for staleness.")
+    backlog_after: timedelta = Field(default=timedelta(hours=1), description="A complete batch waiting this long in "
+                                     "the bucket, unseen by the ledger, is a backlog alert.")
+    failed_after: timedelta = Field(default=timedelta(hours=24), description="A FAILED batch not reprocessed after "
+                                    "this long is an alert.")
+    notifiers: list[ExtraNotifier] = Field(default_factory=list, description="Further notifiers called when a "
+                                           "batch fails, after the email (Slack, PagerDuty, ...).")
+
+
 class ClientMapping(BaseModel):
     """The whole mapping file of one client."""
 
@@ -231,6 +261,7 @@ class ClientMapping(BaseModel):
                             "triggered) and starts a run for the oldest.")
     schema_policy: SchemaPolicy = SchemaPolicy()
     anomalies: AnomalyThresholds = AnomalyThresholds()
+    alerts: AlertPolicy = AlertPolicy()
     tables: dict[str, SourceTable] = Field(min_length=1, description="The client's tables, by their exact names.")
 
     @field_validator("timezone")

@@ -46,6 +46,10 @@ class LockLost(PermanentError):
     """A newer run of the client took the lock over; this run must not write anything more."""
 
 
+class LockReleased(LockLost):
+    """The run's batch failed and its lock was released (a task of it cleared on its own)."""
+
+
 def _client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(
         settings.url.get_secret_value(), socket_timeout=10, socket_connect_timeout=10
@@ -73,7 +77,7 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
             """
             insert into pipeline.client_fence (client_name, token, holder) values (%s, %s, %s)
             on conflict (client_name) do update set token = excluded.token, holder = excluded.holder,
-                acquired_at = clock_timestamp()
+                acquired_at = clock_timestamp(), released = false
             where pipeline.client_fence.token < excluded.token
             """,
             (client, token, holder),
@@ -86,6 +90,8 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
 
 STALE_FENCE = "CF001"
 """SQLSTATE of ``pipeline.check_fence`` (include/sql/pipeline.sql) for a token that is not current."""
+RELEASED_FENCE = "CF002"
+"""SQLSTATE of ``pipeline.check_fence`` for the token of a run whose batch failed."""
 
 
 def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
@@ -93,6 +99,14 @@ def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
     try:
         conn.execute("select pipeline.check_fence(%s, %s)", (lock.client, lock.token))
     except psycopg.Error as exc:
+        if exc.sqlstate == RELEASED_FENCE:
+            raise LockReleased(
+                f"this run's batch failed and its lock (token {lock.token}) was released, and the batch was "
+                "undone in dummy production: a task cleared on its own cannot go on; start the batch again at "
+                "ingest (clear the run from its ingest task, or trigger the DAG for the batch)",
+                Where(client=lock.client),
+                kept="nothing of this run was written after the failure",
+            ) from None
         if exc.sqlstate != STALE_FENCE:
             raise
         raise LockLost(
@@ -101,6 +115,12 @@ def check(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
             Where(client=lock.client),
             kept="nothing of this run was committed after the takeover; the newer run carries on",
         ) from None
+
+
+def retire(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
+    """The run's batch failed: its token may not write again, even if no other run takes the client."""
+    conn.execute("update pipeline.client_fence set released = true where client_name = %s and token = %s",
+                 (lock.client, lock.token))
 
 
 def release(settings: RedisSettings, lock: ClientLock) -> None:

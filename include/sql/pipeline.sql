@@ -77,22 +77,34 @@ create table if not exists pipeline.client_fence (
     acquired_at     timestamptz not null default clock_timestamp()
 );
 
+-- Set when the holder's batch failed (clientflow.pipeline.mark_failed released its lock and undid
+-- its rows in dummy production): a task of that run cleared on its own may not write any more.
+alter table pipeline.client_fence add column if not exists released boolean not null default false;
+
 -- The one definition of "this run still owns the client", used by the pipeline's write
 -- transactions (clientflow.operations.locks.check) and by every dbt model (macro fence_check): lock
 -- the client's fence row (shared: the run's own transactions and dbt's threads run side by side)
 -- until the caller's transaction ends, so a newer holder cannot take the client over (its update
 -- of the row waits) while this write is under way; and refuse a token that is not the current one
--- (SQLSTATE CF001, the current token in DETAIL).
+-- (SQLSTATE CF001, the current token in DETAIL), or whose batch failed (CF002).
 create or replace function pipeline.check_fence(client text, expected bigint) returns void
 language plpgsql as $$
 declare
     current_token bigint;
+    is_released boolean;
 begin
-    select token into current_token from pipeline.client_fence where client_name = client for share;
+    select token, released into current_token, is_released from pipeline.client_fence
+    where client_name = client for share;
     if current_token is distinct from expected then
         raise exception 'clientflow: fencing token % of client % is stale: a newer run took the lock over',
             expected, client
             using errcode = 'CF001', detail = coalesce(current_token::text, 'none');
+    end if;
+    if is_released then
+        raise exception 'clientflow: the lock of client % (token %) was released when its batch failed, and the '
+            'batch was undone in dummy production: start the batch again at ingest (clear the run from its '
+            'ingest task, or trigger the DAG for the batch)', client, expected
+            using errcode = 'CF002';
     end if;
 end
 $$;
@@ -213,3 +225,33 @@ select
        and i.state = 'SUCCESS' and (f.batch_date is null or i.batch_date >= f.batch_date)) as incremental_since_full
 from last_any a
 left join last_full f using (client_name, table_name);
+
+-- Conditions of a client that on-call hears about once when they start and once when they end
+-- (clientflow.operations.incidents): repeated failures, stale data, a backlog in the bucket,
+-- failed batches left alone. At most one open incident per client and kind.
+create table if not exists pipeline.incidents (
+    incident_id     bigserial   primary key,
+    client_name     text        not null,
+    kind            text        not null check (kind in ('failing', 'stale', 'backlog', 'failed_unreprocessed')),
+    detail          text        not null,
+    opened_at       timestamptz not null default clock_timestamp(),
+    closed_at       timestamptz,
+    closed_how      text
+);
+create unique index if not exists incidents_open_idx on pipeline.incidents (client_name, kind) where closed_at is null;
+
+-- How long each stage of each run took (clientflow.operations.timing): the status page and the
+-- metrics read it. transform is the span between ingest's end and validate's start, in which the
+-- dbt task group runs (scheduling gaps between its tasks included).
+create table if not exists pipeline.stage_runs (
+    stage_run_id    bigserial   primary key,
+    client_name     text        not null,
+    ingestion_id    text,
+    batch_date      date,
+    stage           text        not null,
+    airflow_run_id  text,
+    outcome         text        not null check (outcome in ('success', 'failed', 'skipped', 'waiting')),
+    started_at      timestamptz not null,
+    finished_at     timestamptz not null default clock_timestamp()
+);
+create index if not exists stage_runs_client_idx on pipeline.stage_runs (client_name, finished_at);

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from clientflow.mapping import load_all
 from tests.support import e2e
-from tests.support.mail import read_mail
+from tests.support.mail import body_of, read_mail
 from tests.support.oracle import expected_rows, postgres_reader
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +135,7 @@ def test_corrupted_batch_fails_loudly_and_keeps_everything(
     assert raw_rows == 0 and earlier == PATIENTS
     mails = read_mail(smtp_mailbox)[mail_before:]
     assert len(mails) == 1
-    text = mails[0].get_payload(decode=True).decode("utf-8")
+    text = body_of(mails[0])
     assert mails[0]["To"] == ", ".join(mapping.owners)
     for needle in ("ehrlogic", day.isoformat(), run_id, "table=dim_patient", "checksum mismatch",
                    "nothing was committed for this batch; earlier batches are untouched"):

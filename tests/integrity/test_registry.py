@@ -16,7 +16,7 @@ from clientflow.arrival.manifest import Manifest
 from clientflow.errors import DriftError, Where
 from clientflow.integrity import registry
 from tests.support.dags import test_client_dag
-from tests.support.mail import read_mail
+from tests.support.mail import body_of, read_mail
 from tests.support.practice import Practice, mapping_for, production_rows, raw_counts, run_batch, tables
 
 
@@ -71,7 +71,7 @@ def test_rename_through_the_dag_fails_without_retries(settings: Any, airflow_db:
     assert production_rows(settings, mapping.client, "patients") == {}
     mails = read_mail(smtp_mailbox)[mail_before:]
     assert len(mails) == 1
-    assert "probably renamed to 'dob'" in mails[0].get_payload(decode=True).decode()
+    assert "probably renamed to 'dob'" in body_of(mails[0])
 
 
 def _manifest(client: str, columns: list[tuple[str, str]]) -> Manifest:

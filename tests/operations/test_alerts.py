@@ -55,5 +55,6 @@ def test_a_batch_that_never_arrived_is_named_by_its_date() -> None:
     failure = alerts.Failure(dag_id="client_ehrlogic", task_id="wait_for_batch", airflow_run_id="scheduled__1",
                              try_number=1, client="ehrlogic", batch=planned, exception=None)
     subject, body = alerts.compose(failure)
-    assert subject == "[clientflow] FAILED ehrlogic batch 2026-11-22 run (none complete yet): wait_for_batch"
-    assert "trigger the DAG with\nbatch_date=2026-11-22)." in body
+    assert subject == ("[clientflow] FAILED ehrlogic batch 2026-11-22 run (none complete yet) job (not assigned): "
+                       "wait_for_batch")
+    assert "trigger the DAG with\nbatch_date=2026-11-22 (or clear this run from its ingest task)." in body

@@ -257,3 +257,29 @@ def test_dag_run_waits_for_the_lock_without_spending_a_retry(
             "where b.client_name = %s", (mapping.client,)).fetchone()[0]
     assert first_write > busy[-1]  # nothing was written while the other run held the lock
     assert production_rows(settings, mapping.client, "patients", "last_name")["P0"] == ("Name0-dag",)
+
+
+def test_a_task_cleared_alone_after_its_batch_failed_cannot_write(settings: Any) -> None:
+    """The failure callback undid the batch and released its lock; clearing validate (or dbt, or
+    promote) alone must not run without the lock on an undone batch. Clearing from ingest works."""
+    mapping = mapping_for("lock_cleared")
+    found = Practice(settings, mapping.client).write(date(2026, 5, 20), "r1", tables(3))
+    batch = pipeline.ingest(settings, mapping, found, airflow_run_id="run_one")
+    transform(settings, mapping, batch)
+    pipeline.mark_failed(settings, batch, "validate failed", airflow_run_id="run_one")  # the failure callback
+    assert not _redis(settings).exists(_lock_key(settings, mapping.client))
+
+    with pytest.raises(locks.LockReleased, match="start the batch again at ingest") as info:
+        pipeline.validate(settings, mapping, batch)  # the task cleared on its own
+    assert "client=lock_cleared" in str(info.value)
+    with pytest.raises(locks.LockReleased):
+        pipeline.promote(settings, mapping, batch, airflow_run_id="run_one")
+    with pytest.raises(TransformFailed) as dbt_failed:
+        transform(settings, mapping, batch)  # dbt's models check the same fence
+    assert "was released when its batch failed" in dbt_failed.value.output
+    assert production_rows(settings, mapping.client, "patients") == {}
+    assert history(settings, batch.require_ingestion_id())[-1] == "FAILED"
+
+    rerun = run_batch(settings, mapping, found, holder="run_one")  # cleared from ingest: a new token
+    assert rerun.require_lock().token > batch.require_lock().token
+    assert len(production_rows(settings, mapping.client, "patients")) == 3

@@ -14,12 +14,16 @@ from typing import Any
 
 def test_client_dag(mapping: Any, *, logical_date: datetime | None = None,
                     conf: dict[str, Any] | None = None) -> Any:
+    from clientflow.dag_factory import build_client_dag
+
+    return run_test_dag(build_client_dag(mapping), logical_date=logical_date, conf=conf)
+
+
+def run_test_dag(dag: Any, *, logical_date: datetime | None = None, conf: dict[str, Any] | None = None) -> Any:
+    """``dag.test()`` of any DAG object, written to the metadata database first."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
-    from clientflow.dag_factory import build_client_dag
-
-    dag = build_client_dag(mapping)
     DagBundlesManager().sync_bundles_to_db()
     with tempfile.TemporaryDirectory() as empty:
         bag = DagBag(dag_folder=empty)
