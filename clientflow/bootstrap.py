@@ -12,6 +12,8 @@ Roles:
 - ``clientflow_staging`` owns the staging database (raw tables, dummy production, ledger, dbt).
 - ``clientflow_promoter`` may only read and upsert production's practice tables: no DELETE, no
   DDL, nothing else.
+- ``clientflow_status`` (the status page, the metrics) may only read the ledger (schema
+  ``pipeline`` of staging): not the raw tables, not dummy production, not production.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "sql"
 STAGING_ROLE = "clientflow_staging"
 PROMOTER_ROLE = "clientflow_promoter"
+STATUS_ROLE = "clientflow_status"
 PRACTICE_SCHEMA = "practice"
 
 
@@ -70,10 +73,20 @@ def apply_production_ddl(conn: psycopg.Connection[Any]) -> None:
     conn.execute("reset search_path")
 
 
+def grant_status_role(conn: psycopg.Connection[Any], staging_db: str) -> None:
+    """The status role reads the ledger and nothing else (run as the ledger's owner)."""
+    role = sql.Identifier(STATUS_ROLE)
+    conn.execute(sql.SQL("grant connect on database {} to {}").format(sql.Identifier(staging_db), role))
+    conn.execute(sql.SQL("grant usage on schema pipeline to {}").format(role))
+    conn.execute(sql.SQL("grant select on all tables in schema pipeline to {}").format(role))
+    conn.execute(sql.SQL("alter default privileges in schema pipeline grant select on tables to {}").format(role))
+
+
 def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outdated: bool = False) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         _ensure_role(admin, STAGING_ROLE, os.environ.get("CLIENTFLOW_STAGING_PASSWORD", "local-only-staging"))
         _ensure_role(admin, PROMOTER_ROLE, os.environ.get("CLIENTFLOW_PROMOTER_PASSWORD", "local-only-promoter"))
+        _ensure_role(admin, STATUS_ROLE, os.environ.get("CLIENTFLOW_STATUS_PASSWORD", "local-only-status"))
         _ensure_database(admin, staging_db, STAGING_ROLE, reset_outdated)
         _ensure_database(admin, production_db, "postgres", reset_outdated)
 
@@ -87,6 +100,7 @@ def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outd
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(STAGING_ROLE)))
         apply_production_ddl(conn)
         conn.execute((SQL_DIR / "pipeline.sql").read_text(encoding="utf-8"))
+        grant_status_role(conn, staging_db)
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=production_db)) as conn:
         apply_production_ddl(conn)

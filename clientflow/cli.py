@@ -10,6 +10,7 @@
     clientflow manifest-schema         print the manifest's JSON Schema (docs/manifest.schema.json)
     clientflow bucket-events           create the bucket if missing, each client's SQS queue, and the
                                        bucket's manifest notifications to them (idempotent)
+    clientflow metrics-server [--port P]   serve Prometheus metrics read from the ledger (read-only role)
 """
 
 from __future__ import annotations
@@ -166,6 +167,26 @@ def _snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_database() -> Any:
+    """The read-only status role's connection (airflow_settings.yaml's clientflow_status)."""
+    from clientflow.config import ConnectionIds, PostgresSettings
+    from clientflow.settings_file import connections
+
+    c = connections()[ConnectionIds().status]
+    return PostgresSettings(host=c.get("host", "127.0.0.1"), port=int(c.get("port", 5432)), dbname=c.get("schema", ""),
+                            user=c.get("login", ""), password=c.get("password") or None)
+
+
+def _metrics_server(args: argparse.Namespace) -> int:
+    import logging
+
+    from clientflow.operations import metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.serve(_status_database, host=args.host, port=args.port)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,6 +214,10 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("manifest-schema", help="print the manifest's JSON Schema").set_defaults(run=_manifest_schema)
     commands.add_parser("bucket-events", help="set up the bucket's manifest notifications to each client's queue"
                         ).set_defaults(run=_bucket_events)
+    served = commands.add_parser("metrics-server", help="serve Prometheus metrics read from the ledger")
+    served.add_argument("--host", default="127.0.0.1")
+    served.add_argument("--port", type=int, default=9469)
+    served.set_defaults(run=_metrics_server)
     return root
 
 

@@ -82,6 +82,8 @@ class ConnectionIds(BaseModel):
     s3: str = "clientflow_s3"
     redis: str = "clientflow_redis"
     smtp: str = "smtp_default"
+    status: str = "clientflow_status"
+    """The read-only role of the status page and the metrics (schema pipeline only)."""
 
 
 class PipelineSettings(BaseModel):

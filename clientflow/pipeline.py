@@ -239,6 +239,7 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
         summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
                               "unchanged": c.unchanged} for c in counts}
         ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
+        ledger.record_promoted(staging, ingestion_id, summary)
         raw.delete_batches(staging, raw_schema(mapping.client), mapping.source_tables,
                            ledger.prunable(staging, mapping.client, mapping.raw_retention_batches))
     with named(batch.where(), "releasing the client lock"):

@@ -3,7 +3,9 @@
 #
 #   scripts/stack.sh services   PostgreSQL, Redis and MariaDB for the tests (reused if running,
 #                               else installed from Debian's packages and started)
-#   scripts/stack.sh up         services + moto + SMTP sink + databases + Airflow standalone
+#   scripts/stack.sh up         services + moto + SMTP sink (Maildir .stack/mail) + databases +
+#                               metrics server + Prometheus + Airflow standalone
+#   scripts/stack.sh chromium   Debian's Chromium for the UI tests
 #   scripts/stack.sh down       stop what this script started (never a service it merely reused)
 #   scripts/stack.sh status
 #
@@ -20,6 +22,8 @@ MARIADB_PORT="${CLIENTFLOW_MARIADB_PORT:-3306}"
 S3_PORT="${CLIENTFLOW_S3_PORT:-5055}"
 SMTP_PORT="${CLIENTFLOW_SMTP_PORT:-8025}"
 AIRFLOW_PORT="${CLIENTFLOW_AIRFLOW_PORT:-8080}"
+METRICS_PORT="${CLIENTFLOW_METRICS_PORT:-9469}"
+PROMETHEUS_PORT="${CLIENTFLOW_PROMETHEUS_PORT:-9090}"
 mkdir -p "$STATE"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -79,6 +83,31 @@ ensure_redis() {
   log "Redis: started on 127.0.0.1:$REDIS_PORT"
 }
 
+# Prometheus (Debian's package) scraping the pipeline's metrics server every 5 s; data in .stack/.
+start_prometheus() {
+  if port_open 127.0.0.1 "$PROMETHEUS_PORT"; then log "Prometheus: already listening on $PROMETHEUS_PORT"; return 0; fi
+  if ! command -v prometheus >/dev/null; then
+    log "Prometheus: installing from Debian"
+    apt_install prometheus || { log "Prometheus: not installed, so not started (the metrics server still runs)"; return 0; }
+  fi
+  mkdir -p "$STATE/prometheus"
+  cat >"$STATE/prometheus.yml" <<YAML
+global:
+  scrape_interval: 5s
+scrape_configs:
+  - job_name: clientflow
+    static_configs:
+      - targets: ["127.0.0.1:$METRICS_PORT"]
+YAML
+  start_bg prometheus "$PROMETHEUS_PORT" prometheus --config.file="$STATE/prometheus.yml" \
+    --storage.tsdb.path="$STATE/prometheus" --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+}
+
+# Debian's Chromium, for the UI tests (make test-stack); nothing else needs it.
+ensure_chromium() {
+  command -v chromium >/dev/null || { log "Chromium: installing from Debian"; apt_install chromium; }
+}
+
 # MariaDB: only the extractor's tests need it (a client source database); the pipeline does not.
 ensure_mariadb() {
   if port_open 127.0.0.1 "$MARIADB_PORT"; then log "MariaDB: reusing 127.0.0.1:$MARIADB_PORT"; return 0; fi
@@ -136,10 +165,13 @@ up() {
   ensure_postgres
   ensure_redis
   start_bg moto "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
-  start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Debugging stdout
+  # Every alert lands in the Maildir .stack/mail (read it with any mail reader, or the stack tests).
+  start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$STATE/mail"
   "$VENV/bin/python" -m clientflow.bootstrap --reset-outdated --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
   # the bucket, each client's SQS queue, and the bucket's manifest notifications to them
   "$VENV/bin/clientflow" bucket-events | sed 's/^/[stack] events: /'
+  start_bg metrics "$METRICS_PORT" "$VENV/bin/clientflow" metrics-server --port "$METRICS_PORT"
+  start_prometheus
   airflow_env
   mkdir -p "$AIRFLOW_HOME"
   [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
@@ -174,6 +206,8 @@ down() {
   stop_pid airflow
   pkill -f "$STATE/airflow" 2>/dev/null || true
   stop_pid smtp
+  stop_pid prometheus
+  stop_pid metrics
   stop_pid moto
   if [ -f "$STATE/redis.ours" ]; then
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; rm -f "$STATE/redis.ours"; log "Redis: stopped"
@@ -190,7 +224,8 @@ down() {
 }
 
 status() {
-  for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $S3_PORT" "SMTP $SMTP_PORT" "Airflow $AIRFLOW_PORT"; do
+  for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $S3_PORT" "SMTP $SMTP_PORT" "Metrics $METRICS_PORT" \
+              "Prometheus $PROMETHEUS_PORT" "Airflow $AIRFLOW_PORT"; do
     set -- $pair
     if port_open 127.0.0.1 "$2"; then echo "$1: up on $2"; else echo "$1: down"; fi
   done
@@ -198,6 +233,7 @@ status() {
 
 case "${1:-}" in
   services) ensure_postgres; ensure_redis; ensure_mariadb ;;
+  chromium) ensure_chromium ;;
   up) up ;;
   down) down ;;
   status) status ;;

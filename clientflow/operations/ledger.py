@@ -102,6 +102,13 @@ def set_state(
         _event(conn, ingestion_id, state, airflow_run_id, detail)
 
 
+def record_promoted(conn: psycopg.Connection[Any], ingestion_id: str, summary: dict[str, dict[str, int]]) -> None:
+    """What the promotion did, per entity (offered, inserted, updated, unchanged)."""
+    from psycopg.types.json import Jsonb
+
+    conn.execute("update pipeline.batches set promoted = %s where ingestion_id = %s", (Jsonb(summary), ingestion_id))
+
+
 def record_duplicate(
     conn: psycopg.Connection[Any],
     ingestion_id: str,

@@ -255,3 +255,7 @@ create table if not exists pipeline.stage_runs (
     finished_at     timestamptz not null default clock_timestamp()
 );
 create index if not exists stage_runs_client_idx on pipeline.stage_runs (client_name, finished_at);
+
+-- What the promotion did, per entity (offered, inserted, updated, unchanged): the status page's
+-- production figures, without reading production.
+alter table pipeline.batches add column if not exists promoted jsonb;

@@ -120,7 +120,7 @@ judged as (
 {%- for fk in parents %}
 
 parents_{{ loop.index }} as (
-    {{ valid_parents(fk) }}
+    {{ valid_parents(fk, 'judged') }}
 ),
 {%- endfor %}
 
@@ -178,16 +178,32 @@ select * from final
     batch does not delete (a full snapshot of the parent that no longer holds one deletes it).
     One set, joined once (a hash join), rather than a lookup per child row.
 #}
-{% macro valid_parents(fk) -%}
+{#
+    The parent keys a batch's rows may refer to: a valid row of the parent's staging model, or a
+    live row of dummy production (not one a full snapshot of the parent is deleting). Only the
+    keys the batch refers to are looked up, so an incremental batch of a few thousand rows costs a
+    few thousand lookups, not a pass over every parent the client has.
+#}
+{% macro valid_parents(fk, children) -%}
     {#- our foreign keys name the parent's key column (clientflow.entities.ForeignKey) -#}
     {%- set parent_key = fk['column'] -%}
     {%- set stg_parent = ref('stg_' ~ fk['entity']) -%}
-    select {{ parent_key }} as parent_key from {{ stg_parent }} where occurrence = 1 and not has_error
+    {%- set deletes = snapshot_deletes(fk['entity'], parent_key) -%}
+    with referenced as (
+        select distinct {{ parent_key }} as parent_key from {{ children }} where {{ parent_key }} is not null
+    )
+    select r.parent_key
+    from referenced as r
+    inner join {{ stg_parent }} as s on s.{{ parent_key }} = r.parent_key
+    where s.occurrence = 1 and not s.has_error
     union
-    select d.{{ parent_key }} from {{ dummy_production(fk['entity']) }} as d
-    where d.client_id = {{ sql_literal(var('client')) }} and d.deleted_at is null
-        {%- if snapshot_deletes(fk['entity'], parent_key) != 'false' %}
-        and (not {{ snapshot_deletes(fk['entity'], parent_key) }}
+    select r.parent_key
+    from referenced as r
+    inner join {{ dummy_production(fk['entity']) }} as d
+        on d.client_id = {{ sql_literal(var('client')) }} and d.{{ parent_key }} = r.parent_key
+    where d.deleted_at is null
+        {%- if deletes != 'false' %}
+        and (not {{ deletes }}
             or exists (select 1 from {{ stg_parent }} as s where s.{{ parent_key }} = d.{{ parent_key }}))
         {%- endif %}
 {%- endmacro %}

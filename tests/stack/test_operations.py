@@ -1,0 +1,243 @@
+"""Operating the pipeline on the running local stack (``make test-stack``): Airflow's real scheduler
+and triggerer, the SMTP server's Maildir (.stack/mail), the metrics server and Prometheus, the
+status page inside the Airflow UI in headless Chromium, and ``airflow backfill create``.
+
+The sample client ``ehrlogic``: one good batch, then three that fail (their data no longer match
+their manifests), then a good one again. On-call gets one failure email per failed batch, one
+escalation when the third fails in a row, and one recovery notice at the next promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import date
+from typing import Any
+
+import psycopg
+import pytest
+
+from clientflow.sample import ehrlogic
+from tests.stack.test_bucket_events import (
+    BUCKET,
+    CLIENT,
+    DAG,
+    PG,
+    ROOT,
+    _airflow,
+    _aws,
+    _batch,
+    _stack_env,
+    _wait_promoted,
+    _watching,
+)
+
+pytestmark = pytest.mark.stack
+
+SOURCE_DB = "stack_operations_source"
+UI = "http://127.0.0.1:8080"
+PROMETHEUS = "http://127.0.0.1:9090"
+MAIL = ROOT / ".stack" / "mail"
+ARTIFACTS = ROOT / "test-artifacts"
+GOOD, BAD, RECOVER = date(2026, 11, 5), [date(2026, 11, 6 + i) for i in range(3)], date(2026, 11, 9)
+BACKFILL = [date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)]  # the middle one has no files
+
+
+def _mail(kind: str | None = None) -> list[Any]:
+    if not MAIL.exists():
+        return []
+    found = sorted(mailbox.Maildir(str(MAIL), create=False), key=lambda m: m.get_date())
+    return [m for m in found if kind is None or m.get("X-Clientflow-Alert") == kind]
+
+
+@pytest.fixture(scope="module")
+def stack() -> None:
+    for command in ("down", "up", "chromium"):
+        subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=_stack_env(), check=True)
+    from bench.bench_e2e import reset_client
+
+    reset_client()
+    with psycopg.connect(f"{PG}/clientflow_staging") as conn:
+        conn.execute("delete from pipeline.incidents")
+        conn.execute("delete from pipeline.stage_runs where client_name = %s", (CLIENT,))
+    deadline = time.time() + 180
+    while not _watching():
+        assert time.time() < deadline, "the client's DAG did not come up with its watcher"
+        with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+            known = meta.execute("select is_paused from dag where dag_id = %s", (DAG,)).fetchone()
+        if known and known[0]:
+            _airflow("dags", "unpause", DAG)
+        time.sleep(3)
+    ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
+
+
+def _silently(action: Any) -> Any:
+    """Do ``action`` with the bucket's notifications off: no run starts by itself."""
+    s3 = _aws("s3")
+    configured = s3.get_bucket_notification_configuration(Bucket=BUCKET)
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={})
+    try:
+        return action()
+    finally:
+        s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+            "QueueConfigurations": configured["QueueConfigurations"]})
+
+
+def _extract_db(day: date) -> None:
+    env = {**_stack_env(), "EXTRACTOR_DB_PASSWORD": "local-trust", "AWS_ACCESS_KEY_ID": "local-access-key",
+           "AWS_SECRET_ACCESS_KEY": "local-secret-key", "AWS_DEFAULT_REGION": "us-east-1"}
+    from tests.support.extractor import build_binary
+
+    subprocess.run([str(build_binary()), "--source", f"postgresql://ehrlogic_reader@127.0.0.1:5432/{SOURCE_DB}",
+                    "--client", CLIENT, "--date", day.isoformat(), "--run-id", f"r{day:%Y%m%d}",
+                    "--output", f"s3://{BUCKET}", "--endpoint-url", "http://127.0.0.1:5055"],
+                   env=env, check=True, capture_output=True)
+
+
+def _corrupt(day: date) -> None:
+    """The uploaded data of one table no longer match its manifest (a file altered after upload)."""
+    s3 = _aws("s3")
+    key = f"client={CLIENT}/table=dim_patient/date={day:%Y%m%d}/run_id=r{day:%Y%m%d}/data.json"
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body + b" ")  # still valid JSON; another checksum
+
+
+def _wait_state(day: date, state: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = _batch(day)
+        if found and found[0] == state:
+            return
+        time.sleep(2)
+    raise AssertionError(f"batch {day} is {_batch(day)}, not {state}, after {timeout} s")
+
+
+def _trigger(day: date) -> None:
+    _airflow("dags", "trigger", DAG, "--conf", json.dumps({"batch_date": day.isoformat()}))
+
+
+def _settle(dag_id: str = DAG, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+            active = meta.execute("select count(*) from dag_run where dag_id = %s and state in ('queued', 'running')",
+                                  (dag_id,)).fetchone()[0]
+        if not active:
+            return
+        time.sleep(2)
+    raise AssertionError(f"runs of {dag_id} still active after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def history(stack: None) -> dict[str, Any]:
+    """One promoted batch, three failed in a row, one promoted again; the mail each caused."""
+    before = len(_mail())
+    _extract_db(GOOD)
+    _wait_promoted(GOOD)
+    for day in BAD:
+        _silently(lambda d=day: (_extract_db(d), _corrupt(d)))
+        _settle()
+        _trigger(day)
+        _wait_state(day, "FAILED")
+        _settle()
+    failed_mail = _mail()[before:]
+    _extract_db(RECOVER)
+    _wait_promoted(RECOVER)
+    _settle()
+    time.sleep(5)  # the promote task's success callback sends the recovery notice
+    return {"before": before, "after_failures": failed_mail, "all": _mail()[before:]}
+
+
+def test_one_failure_email_per_batch_one_escalation_one_recovery(history: dict[str, Any]) -> None:
+    kinds = [m["X-Clientflow-Alert"] for m in history["all"]]
+    failed = [m for m in history["all"] if m["X-Clientflow-Alert"] == "FAILED"]
+    assert sorted(m["Subject"].split(" run ")[0] for m in failed) == [
+        f"[clientflow] FAILED {CLIENT} batch {d}" for d in BAD]
+    assert kinds.count("ESCALATED") == 1 and kinds.count("RECOVERED") == 1, kinds
+    assert kinds.index("ESCALATED") > kinds.index("FAILED")
+    assert all("checksum" in m.get_payload(decode=True).decode() for m in failed)
+
+
+def test_status_page_in_the_airflow_ui(history: dict[str, Any]) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{UI}/clientflow/api/clients", timeout=10)
+    assert refused.value.code == 401  # plugin apps are mounted without Airflow's auth: ours refuses
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{UI}/")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", "admin")
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: "login" not in url, timeout=30_000)
+        page.get_by_role("button", name="Browse").click()
+        page.get_by_role("menuitem", name="Clientflow status").click()
+        frame = page.frame_locator("iframe")
+        row = frame.locator(f"tr[data-client={CLIENT}]")
+        row.wait_for(timeout=30_000)
+        frame.locator(f"a[href='/clientflow/clients/{CLIENT}']").click()
+        frame.locator("table#batches").wait_for(timeout=30_000)
+        states = frame.locator("table#batches tr[data-state]").evaluate_all("rows => rows.map(r => r.dataset.state)")
+        page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+        browser.close()
+    assert states.count("SUCCESS") == 2 and states.count("FAILED") == 3, states
+
+
+def test_prometheus_scrapes_the_metrics(history: dict[str, Any]) -> None:
+    query = urllib.parse.urlencode({"query": f'clientflow_batches{{client="{CLIENT}",state="FAILED"}}'})
+    deadline, value = time.time() + 60, None
+    while time.time() < deadline:
+        answer = json.loads(urllib.request.urlopen(f"{PROMETHEUS}/api/v1/query?{query}", timeout=10).read())
+        result = answer["data"]["result"]
+        if result and float(result[0]["value"][1]) == 3:
+            value = 3.0
+            break
+        time.sleep(3)
+    assert value == 3.0, "Prometheus did not return the failed batches"
+    stale = urllib.parse.urlencode({"query": "time() - clientflow_last_success_timestamp_seconds > 86400"})
+    answer = json.loads(urllib.request.urlopen(f"{PROMETHEUS}/api/v1/query?{stale}", timeout=10).read())
+    assert answer["status"] == "success"
+    assert CLIENT not in {r["metric"].get("client") for r in answer["data"]["result"]}  # promoted minutes ago
+
+
+def test_the_watchdog_alerts_a_stale_client_once(history: dict[str, Any]) -> None:
+    before = len(_mail())
+    for _ in range(2):  # two checks, one alert: iriscare has never been promoted on this stack
+        _airflow("dags", "unpause", "clientflow_watchdog")
+        _airflow("dags", "trigger", "clientflow_watchdog")
+        time.sleep(3)
+        _settle("clientflow_watchdog")
+    new = [m["Subject"] for m in _mail()[before:]]
+    assert new.count("[clientflow] ALERT iriscare: no fresh data") == 1, new
+    assert not any(CLIENT in s for s in new), new
+
+
+def test_a_backfill_reprocesses_dates_from_the_bucket(history: dict[str, Any]) -> None:
+    for day in (BACKFILL[0], BACKFILL[2]):  # uploaded unannounced: only the backfill finds them
+        _silently(lambda d=day: _extract_db(d))
+    _settle()
+    started = time.time()
+    _airflow("backfill", "create", "--dag-id", DAG, "--from-date", BACKFILL[0].isoformat(),
+             "--to-date", BACKFILL[2].isoformat())
+    _wait_promoted(BACKFILL[0])
+    _wait_promoted(BACKFILL[2])
+    _settle(timeout=600)
+    with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+        runs = meta.execute(
+            "select r.logical_date::date, r.state, r.run_type, t.state from dag_run r left join task_instance t "
+            "on t.dag_id = r.dag_id and t.run_id = r.run_id and t.task_id = 'wait_for_batch' "
+            "where r.dag_id = %s and r.run_type = 'backfill' order by 1", (DAG,)).fetchall()
+    assert [r[0] for r in runs] == BACKFILL, runs
+    assert all(r[1] == "success" for r in runs), runs
+    assert runs[1][3] == "skipped"  # the date without files: no batch, no 20-hour wait
+    assert _batch(BACKFILL[1]) is None
+    print(f"backfill of three dates finished in {time.time() - started:.0f} s")
