@@ -34,6 +34,7 @@ _BASE = """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}</
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2937}table{border-collapse:collapse;margin:.5rem 0 1.5rem}
 th,td{border:1px solid #d1d5db;padding:.3rem .6rem;text-align:left;font-size:.9rem}th{background:#f3f4f6}
 .SUCCESS{color:#15803d}.FAILED{color:#b91c1c;font-weight:600}.PROCESSING,.PENDING{color:#a16207}
+td.error{max-width:34rem;overflow-wrap:anywhere;font-size:.8rem}
 .incident{background:#fee2e2;padding:.2rem .5rem;border-radius:.3rem}
 </style></head><body><h1>{{ title }}</h1>{% block body %}{% endblock %}
 <p><small>From the ledger; no patient value is shown. JSON: <a href="{{ api }}">{{ api }}</a></small></p></body></html>"""
@@ -55,7 +56,7 @@ _CLIENT = _ENV.from_string("""{% extends base %}{% block body %}
 <h2>Batches</h2><table id="batches"><tr><th>Date</th><th>Run</th><th>State</th><th>Updated</th><th>Job (ingestion id)</th><th>DAG run</th><th>Error</th></tr>
 {% for b in c.recent %}<tr data-state="{{ b.state }}"><td>{{ b.batch_date }}</td><td>{{ b.run_id }}</td><td class="{{ b.state }}">{{ b.state }}</td>
 <td>{{ b.updated_at.strftime('%Y-%m-%d %H:%M:%S') }} UTC</td><td><a href="{{ prefix }}/batches/{{ b.ingestion_id }}">{{ b.ingestion_id }}</a></td>
-<td>{% if b.airflow_run_id %}<a target="_top" href="{{ run_url(b) }}">{{ b.airflow_run_id }}</a>{% endif %}</td><td>{{ b.error or '' }}</td></tr>{% endfor %}
+<td>{% if b.airflow_run_id %}<a target="_top" href="{{ run_url(b) }}">{{ b.airflow_run_id }}</a>{% endif %}</td><td class="error">{{ b.error or '' }}</td></tr>{% endfor %}
 </table>
 <h2>Schemas</h2><table id="schemas"><tr><th>Table</th><th>Version</th><th>Drift events</th><th>Last change</th><th>Registered</th></tr>
 {% for s in c.schemas %}<tr><td>{{ s.table }}</td><td>{{ s.version }}</td><td>{{ s.drift_events }}</td><td>{{ s.last_change or '' }}</td>
