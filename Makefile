@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test test-stack up down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e bench-incremental clean
+.PHONY: install demo test test-stack test-scale up up-celery down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e bench-incremental clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -47,8 +47,17 @@ test-stack: install extractor
 	mkdir -p .cache/tmp
 	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -m stack tests/stack -s
 
+# The same DAGs on the CeleryExecutor, two workers, three clients at once, a worker killed mid-load
+# (tests/stack/test_scale.py); stops the stack at the end.
+test-scale: install extractor
+	mkdir -p .cache/tmp
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -m scale tests/stack/test_scale.py -s
+
 up: install
 	scripts/stack.sh up
+
+up-celery: install
+	scripts/stack.sh up-celery
 
 down:
 	scripts/stack.sh down

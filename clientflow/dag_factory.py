@@ -14,6 +14,7 @@ DAG, builds only that DAG (``get_parsing_context``).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -154,7 +155,7 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
         def find_batch(planned: dict[str, Any]) -> dict[str, Any]:
             return edge.run_find_batch(mapping, planned)
 
-        @task
+        @task(pool=os.environ.get("CLIENTFLOW_COPY_POOL") or "default_pool")
         def ingest(found: dict[str, Any], **context: Any) -> dict[str, Any]:
             return edge.run_ingest(mapping, found, context)
 

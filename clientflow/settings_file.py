@@ -39,13 +39,23 @@ def connections(path: Path = SETTINGS_FILE, env: Mapping[str, str] | None = None
     return out
 
 
+def pools(path: Path = SETTINGS_FILE, env: Mapping[str, str] | None = None) -> list[tuple[str, int, str]]:
+    """(name, slots, description) of each pool (Astro CLI's pool_name, pool_slot, pool_description)."""
+    data = yaml.safe_load(_expand(path.read_text(encoding="utf-8"), env if env is not None else os.environ))
+    return [(p["pool_name"], int(p["pool_slot"]), p.get("pool_description", "")) for p in data["airflow"]["pools"] or []]
+
+
 def airflow_env(path: Path = SETTINGS_FILE, env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {f"AIRFLOW_CONN_{cid.upper()}": json.dumps(v) for cid, v in connections(path, env).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Print export lines for the connections.")
-    parser.parse_args()
+    parser.add_argument("--pools", action="store_true", help="print the pools instead: name, slots, description")
+    if parser.parse_args().pools:
+        for name, slots, description in pools():
+            print(name, slots, description)
+        return
     for name, value in airflow_env().items():
         print(f"export {name}={shlex.quote(value)}")
 

@@ -5,6 +5,9 @@
 #                               else installed from Debian's packages and started)
 #   scripts/stack.sh up         services + moto + SMTP sink (Maildir .stack/mail) + databases +
 #                               metrics server + Prometheus + Airflow standalone
+#   scripts/stack.sh up-celery  the same with the CeleryExecutor: api-server, scheduler, dag-processor,
+#                               triggerer and two Celery workers, each its own process (Redis db 2 is
+#                               the broker, PostgreSQL the result backend)
 #   scripts/stack.sh chromium   Debian's Chromium for the UI tests
 #   scripts/stack.sh down       stop what this script started (never a service it merely reused)
 #   scripts/stack.sh status
@@ -145,6 +148,20 @@ airflow_env() {
   export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
   export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://postgres@$PG_HOST:$PG_PORT/clientflow_airflow"
   export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+  # Pools of airflow_settings.yaml (created at up); the DAGs put each client's raw load in this one.
+  export CLIENTFLOW_COPY_POOL=clientflow_staging_copy
+  if [ "$(cat "$STATE/executor" 2>/dev/null || echo local)" = celery ]; then
+    export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+    export AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:$REDIS_PORT/2"
+    export AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql://postgres@$PG_HOST:$PG_PORT/clientflow_airflow"
+    export AIRFLOW__CELERY__WORKER_CONCURRENCY=4
+    export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW_PORT/execution/"
+    # Separate processes must share the secrets that standalone keeps to itself.
+    [ -f "$STATE/airflow-secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/airflow-secret"
+    export AIRFLOW__API_AUTH__JWT_SECRET="$(cat "$STATE/airflow-secret")" AIRFLOW__API__SECRET_KEY="$(cat "$STATE/airflow-secret")"
+    # A worker killed mid-task: its try is failed (and retried elsewhere) after a minute, not five.
+    export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
+  fi
   export AIRFLOW__COSMOS__ENABLE_TELEMETRY=False
   export DO_NOT_TRACK=1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
@@ -180,13 +197,55 @@ up() {
       "select 1 from pg_database where datname = 'clientflow_airflow'" | grep -q 1 \
       || psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "create database clientflow_airflow" >/dev/null
     "$VENV/bin/airflow" db migrate >"$STATE/airflow-migrate.log" 2>&1
-    nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
-    echo $! >"$STATE/airflow.pid"
-    wait_port 127.0.0.1 "$AIRFLOW_PORT" "Airflow api-server" || { tail -n 30 "$STATE/airflow.log" >&2; return 1; }
-    log "Airflow: http://127.0.0.1:$AIRFLOW_PORT (login admin / admin)"
+    "$VENV/bin/python" -m clientflow.settings_file --pools | while read -r name slots description; do
+      "$VENV/bin/airflow" pools set "$name" "$slots" "$description" >/dev/null
+    done
+    if [ "$AIRFLOW__CORE__EXECUTOR" = CeleryExecutor ]; then
+      start_celery_airflow
+    else
+      nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
+      echo $! >"$STATE/airflow.pid"
+    fi
+    wait_port 127.0.0.1 "$AIRFLOW_PORT" "Airflow api-server" || { tail -n 30 "$STATE/airflow.log" "$STATE/api-server.log" 2>/dev/null >&2; return 1; }
+    log "Airflow ($AIRFLOW__CORE__EXECUTOR): http://127.0.0.1:$AIRFLOW_PORT (login admin / admin)"
   else
     log "Airflow: already on http://127.0.0.1:$AIRFLOW_PORT"
   fi
+}
+
+CELERY_PARTS="api-server scheduler dag-processor triggerer"
+
+# Each Airflow service its own process; each worker in its own process group (setsid), so that
+# `down` (or a test's SIGKILL) takes the worker's pool processes with it.
+start_celery_airflow() {
+  local part n
+  for part in $CELERY_PARTS; do
+    if [ "$part" = api-server ]; then
+      nohup "$VENV/bin/airflow" api-server --port "$AIRFLOW_PORT" >"$STATE/$part.log" 2>&1 &
+    else
+      nohup "$VENV/bin/airflow" "$part" >"$STATE/$part.log" 2>&1 &
+    fi
+    echo $! >"$STATE/$part.pid"
+  done
+  for n in 1 2; do
+    AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((8792 + n)) nohup setsid "$VENV/bin/airflow" celery worker \
+      --celery-hostname "worker$n@%h" --concurrency 4 >"$STATE/worker$n.log" 2>&1 &
+    echo $! >"$STATE/worker$n.pid"
+  done
+  log "Airflow: api-server, scheduler, dag-processor, triggerer, worker1, worker2 (logs .stack/<name>.log)"
+}
+
+stop_group() {  # a worker and its pool processes
+  local name=$1 file="$STATE/$1.pid"
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    log "$name: stopped"
+  fi
+  rm -f "$file"
 }
 
 stop_pid() {
@@ -204,6 +263,8 @@ stop_pid() {
 
 down() {
   stop_pid airflow
+  for part in worker1 worker2; do stop_group "$part"; done
+  for part in $CELERY_PARTS; do stop_pid "$part"; done
   pkill -f "$STATE/airflow" 2>/dev/null || true
   stop_pid smtp
   stop_pid prometheus
@@ -234,9 +295,10 @@ status() {
 case "${1:-}" in
   services) ensure_postgres; ensure_redis; ensure_mariadb ;;
   chromium) ensure_chromium ;;
-  up) up ;;
+  up) echo local >"$STATE/executor"; up ;;
+  up-celery) echo celery >"$STATE/executor"; up ;;
   down) down ;;
   status) status ;;
-  airflow-env) airflow_env; export -p | grep -E '^declare -x (AIRFLOW|CLIENTFLOW_EVENTS|PYTHONPATH=|PATH=|DO_NOT_TRACK=)' ;;
+  airflow-env) airflow_env; export -p | grep -E '^declare -x (AIRFLOW|CLIENTFLOW_EVENTS|CLIENTFLOW_COPY_POOL|PYTHONPATH=|PATH=|DO_NOT_TRACK=)' ;;
   *) echo "usage: $0 services|up|down|status" >&2; exit 2 ;;
 esac
