@@ -62,16 +62,21 @@ def stack() -> None:
 
     reset_client()
     _airflow("dags", "delete", DAG, "--yes")  # earlier runs of the DAG, queued ones too
-    deadline = time.time() + 180
-    while not _watching():  # the dag-processor parses the file again; then the watcher starts
-        assert time.time() < deadline, "the DAG's asset watcher did not start after its deletion"
+    _unpause_and_watch()  # the dag-processor parses the file again; then the watcher starts
+    _wait_idle(-1, quiet=20)  # the scheduled run of today, created at the unpause, ends skipped (no batch)
+    ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
+
+
+def _unpause_and_watch(timeout: float = 180) -> None:
+    """Unpause the client's DAG once the dag-processor knows it, and wait for its asset watcher."""
+    deadline = time.time() + timeout
+    while not _watching():
+        assert time.time() < deadline, "the client's DAG did not come up with its asset watcher"
         with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
             known = meta.execute("select is_paused from dag where dag_id = %s", (DAG,)).fetchone()
         if known and known[0]:
             _airflow("dags", "unpause", DAG)
         time.sleep(3)
-    _wait_idle(-1, quiet=20)  # the scheduled run of today, created at the unpause, ends skipped (no batch)
-    ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
 
 
 def _watching() -> bool:

@@ -34,8 +34,8 @@ from tests.stack.test_bucket_events import (
     _aws,
     _batch,
     _stack_env,
+    _unpause_and_watch,
     _wait_promoted,
-    _watching,
 )
 from tests.support.mail import body_of, read_mail
 
@@ -69,14 +69,7 @@ def stack() -> None:
     with psycopg.connect(f"{PG}/clientflow_staging") as conn:
         conn.execute("delete from pipeline.incidents")
         conn.execute("delete from pipeline.stage_runs where client_name = %s", (CLIENT,))
-    deadline = time.time() + 180
-    while not _watching():
-        assert time.time() < deadline, "the client's DAG did not come up with its watcher"
-        with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
-            known = meta.execute("select is_paused from dag where dag_id = %s", (DAG,)).fetchone()
-        if known and known[0]:
-            _airflow("dags", "unpause", DAG)
-        time.sleep(3)
+    _unpause_and_watch()
     ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
     time.sleep(5)
     _settle()  # today's scheduled run (no batch) ends skipped after the sensor's short wait
