@@ -126,7 +126,12 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
         _copy(staging, production, name, client, target)
         written = sql.SQL("(select * from {} where client_id = {} and ingestion_id = {})").format(
             target, sql.Literal(client), sql.Literal(ingestion_id))
+        # The statistics still say the client has no rows (the promoter may not ANALYZE production's
+        # tables), and with them the planner probes every parent row once per child row: a
+        # first load is the client's whole data, so the check is a hash anti join.
+        production.execute("set local enable_nestloop = off")
         _check_parents(production, name, written, where)
+        production.execute("set local enable_nestloop = on")
         offered = _count(production, sql.SQL("select count(*) from {} r").format(written))
         return offered, offered, 0
     incoming = f"incoming_{name}"
