@@ -70,7 +70,7 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -P footer=off
 cat <<MSG
 
 Airflow UI:  http://127.0.0.1:$AIRFLOW_PORT   (login: admin / admin, local stack only)
-Failure emails of the local stack are printed in .stack/smtp.log.
+Alert emails of the local stack land in the Maildir .stack/mail (status page: Browse → Clientflow status; metrics: http://127.0.0.1:9090).
 Stop everything with: make down
 MSG
 [ "$state" = success ]
