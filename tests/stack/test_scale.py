@@ -65,6 +65,8 @@ def _forget(client: str) -> None:
     """The client's earlier batches, rows and schemas (the bucket is emptied by the restart)."""
     for dbname in ("clientflow_staging", "clientflow_production"):
         with psycopg.connect(f"{PG}/{dbname}") as conn:
+            # children first; without per-row FK triggers, which probe indexes full of deleted rows
+            conn.execute("set local session_replication_role = replica")
             for table in ("procedures", "appointments", "patients", "providers"):
                 conn.execute(f"delete from practice.{table} where client_id = %s", (client,))  # noqa: S608
             if dbname == "clientflow_production":
