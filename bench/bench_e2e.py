@@ -48,7 +48,8 @@ PG = {"host": os.environ.get("CLIENTFLOW_PG_HOST", "127.0.0.1"), "port": int(os.
 ADMIN_DSN = psycopg.conninfo.make_conninfo(dbname="postgres", **PG)
 SOURCE_DB = "bench_ehrlogic_source"
 BASELINE_DB = "bench_ehrlogic_baseline"
-DAG = "client_ehrlogic"
+CLIENT = "ehrlogic"
+DAG = f"client_{CLIENT}"
 TABLES = {"dim_provider": "prov_id", "dim_patient": "pt_id", "fact_appointment": "appt_id", "fact_procedure": "proc_id"}
 
 
@@ -169,8 +170,8 @@ def run_dag(day: date, arrived: float, batch_run_id: str | None = None) -> dict[
     return times
 
 
-def reset_client(*, keep_ledger: bool = False) -> None:
-    """Forget the sample client on the local stack (raw, staging, dummy and real production,
+def reset_client(client: str = CLIENT, *, keep_ledger: bool = False) -> None:
+    """Forget a client (by default the sample one) on the local stack (raw, staging, dummy and real production,
     profiles, rejects, schema versions and, unless ``keep_ledger``, its ledger), so each run of the
     benchmark starts from an empty production. The bucket keeps its files.
 
@@ -184,19 +185,19 @@ def reset_client(*, keep_ledger: bool = False) -> None:
             # still probe the children's indexes, full of the rows just deleted (minutes at 1,000,000).
             conn.execute("set local session_replication_role = replica")
             for table in ("procedures", "appointments", "patients", "providers"):
-                conn.execute(f"delete from practice.{table} where client_id = 'ehrlogic'")  # noqa: S608
+                conn.execute(f"delete from practice.{table} where client_id = %s", (client,))  # noqa: S608
             if dbname == "clientflow_production":
-                conn.execute("delete from practice.promotions where client_id = 'ehrlogic'")
+                conn.execute("delete from practice.promotions where client_id = %s", (client,))
                 continue
-            conn.execute("drop schema if exists raw_ehrlogic cascade")
-            conn.execute("drop schema if exists stg_ehrlogic cascade")
-            ids = "(select ingestion_id from pipeline.batches where client_name = 'ehrlogic')"
+            conn.execute(f'drop schema if exists "raw_{client}" cascade')
+            conn.execute(f'drop schema if exists "stg_{client}" cascade')
+            ids = "(select ingestion_id from pipeline.batches where client_name = %s)"
             forget = ("rejects", "batch_profiles", "acceptances") + (() if keep_ledger else ("batch_events", "jobs"))
             for table in forget:
-                conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}")  # noqa: S608
+                conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}", (client,))  # noqa: S608
             if not keep_ledger:
-                conn.execute("delete from pipeline.batches where client_name = 'ehrlogic'")
-            conn.execute("delete from pipeline.schema_registry where client_name = 'ehrlogic'")
+                conn.execute("delete from pipeline.batches where client_name = %s", (client,))
+            conn.execute("delete from pipeline.schema_registry where client_name = %s", (client,))
     for dbname in ("clientflow_staging", "clientflow_production"):  # so each run meets clean tables
         with psycopg.connect(dsn(dbname), autocommit=True) as conn:
             for table in ("procedures", "appointments", "patients", "providers"):

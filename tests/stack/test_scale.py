@@ -62,23 +62,14 @@ def _staging(query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def _forget(client: str) -> None:
-    """The client's earlier batches, rows and schemas (the bucket is emptied by the restart)."""
-    for dbname in ("clientflow_staging", "clientflow_production"):
-        with psycopg.connect(f"{PG}/{dbname}") as conn:
-            # children first; without per-row FK triggers, which probe indexes full of deleted rows
-            conn.execute("set local session_replication_role = replica")
-            for table in ("procedures", "appointments", "patients", "providers"):
-                conn.execute(f"delete from practice.{table} where client_id = %s", (client,))  # noqa: S608
-            if dbname == "clientflow_production":
-                conn.execute("delete from practice.promotions where client_id = %s", (client,))
-                continue
-            conn.execute(f'drop schema if exists "raw_{client}" cascade')
-            conn.execute(f'drop schema if exists "stg_{client}" cascade')
-            ids = "(select ingestion_id from pipeline.batches where client_name = %s)"
-            for table in ("rejects", "batch_profiles", "acceptances", "batch_events", "jobs"):
-                conn.execute(f"delete from pipeline.{table} where ingestion_id in {ids}", (client,))  # noqa: S608
-            for table in ("batches", "schema_registry", "incidents", "stage_runs"):
-                conn.execute(f"delete from pipeline.{table} where client_name = %s", (client,))  # noqa: S608
+    """The client's earlier batches, rows and schemas, and its incidents and stage times (the
+    bucket is emptied by the restart)."""
+    from bench.bench_e2e import reset_client
+
+    reset_client(client)
+    with psycopg.connect(f"{PG}/clientflow_staging") as conn:
+        for table in ("incidents", "stage_runs"):
+            conn.execute(f"delete from pipeline.{table} where client_name = %s", (client,))  # noqa: S608
 
 
 @pytest.fixture(scope="module")
