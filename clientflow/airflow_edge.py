@@ -158,6 +158,25 @@ def known_batch(ti: Any) -> Any:
     return None
 
 
+def log_context(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
+    """Every task's ``on_execute_callback``: its log lines name client, job and stage from here on
+    (clientflow.operations.logcontext)."""
+
+    def callback(context: dict[str, Any]) -> None:
+        from clientflow.operations import logcontext
+
+        ti = context["ti"]
+        try:
+            batch = known_batch(ti)
+        except Exception as err:  # noqa: BLE001 - a task runs even when its XComs cannot be read here
+            log.warning("[client=%s] the batch of this run is unknown to the log context: %s", mapping.client,
+                        type(err).__name__)
+            batch = None
+        logcontext.bind(mapping.client, ti.task_id, batch)
+
+    return callback
+
+
 def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     """First of the failure callbacks: ledger FAILED, dummy production restored, the client lock
     released. The notifiers after it (clientflow.operations.notify) read what it recorded."""

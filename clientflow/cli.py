@@ -11,6 +11,8 @@
     clientflow bucket-events           create the bucket if missing, each client's SQS queue, and the
                                        bucket's manifest notifications to them (idempotent)
     clientflow metrics-server [--port P]   serve Prometheus metrics read from the ledger (read-only role)
+    clientflow reconcile CLIENT [--date D] [--skip-data]   every batch in the bucket against raw, rejects,
+                                       dummy production and production; exit 1 on any difference
 """
 
 from __future__ import annotations
@@ -187,6 +189,37 @@ def _metrics_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_mapping(client: str, directory: str | None) -> Any:
+    from clientflow.mapping import MAPPINGS_DIR, load_mapping
+
+    path = Path(directory or MAPPINGS_DIR) / f"{client}.yaml"
+    if not path.is_file():
+        print(f"no mapping of client {client} in {path.parent}", file=sys.stderr)
+        return None
+    return load_mapping(path)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from clientflow.config import PipelineSettings
+    from clientflow.errors import PipelineError
+    from clientflow.operations import reconciliation
+
+    mapping = _client_mapping(args.client, args.mappings_dir)
+    if mapping is None:
+        return 2
+    try:
+        report = reconciliation.reconcile(PipelineSettings.from_settings_file(), mapping,
+                                          date.fromisoformat(args.date) if args.date else None,
+                                          verify_data=not args.skip_data)
+    except PipelineError as exc:
+        print(f"reconciliation of client {args.client} could not finish: {exc}", file=sys.stderr)
+        return 2
+    print(reconciliation.render(report))
+    return 1 if report.differences else 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
     served.add_argument("--host", default="127.0.0.1")
     served.add_argument("--port", type=int, default=9469)
     served.set_defaults(run=_metrics_server)
+    reconcile = commands.add_parser("reconcile", help="prove nothing was lost or duplicated, bucket to production")
+    reconcile.add_argument("client")
+    reconcile.add_argument("--date", help="one batch date (YYYY-MM-DD); default: every batch and the client's tables")
+    reconcile.add_argument("--skip-data", action="store_true",
+                           help="trust the data files' checksums instead of hashing each again")
+    reconcile.add_argument("--mappings-dir", help="where the client's mapping is (default: the project's)")
+    reconcile.set_defaults(run=_reconcile)
     return root
 
 

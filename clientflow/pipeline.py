@@ -29,7 +29,7 @@ from clientflow.identifiers import raw_schema
 from clientflow.integrity import registry
 from clientflow.load import raw
 from clientflow.mapping import ClientMapping
-from clientflow.operations import ledger, locks
+from clientflow.operations import ledger, locks, logcontext
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def ingest(
         registry.check_mapped_columns(mapping, table.manifest, found.where(table.files.table, table.files.manifest_key))
     ingestion_id = ledger.ingestion_id_for(found.client, found.day, [t.manifest.job_id for t in arrived])
     batch = replace(found, ingestion_id=ingestion_id)
+    logcontext.bind_job(batch)
     with connect(settings.staging, batch.where(), "taking the client lock") as conn:
         lock = locks.acquire(settings.redis, conn, mapping.client,
                              holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")

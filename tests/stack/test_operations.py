@@ -10,6 +10,7 @@ escalation when the third fails in a row, and one recovery notice at the next pr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -53,16 +54,32 @@ TODAY = datetime.now(UTC).date()
 GOOD, BAD, RECOVER = TODAY - timedelta(days=12), [TODAY - timedelta(days=11 - i) for i in range(3)], \
     TODAY - timedelta(days=8)
 BACKFILL = [TODAY - timedelta(days=6 - i) for i in range(3)]  # the middle one has no files
+BACKLOG = TODAY - timedelta(days=2)
+# The sample mappings, except that a batch waiting a minute in the bucket is ehrlogic's backlog.
+MAPPINGS = ROOT / ".stack" / "operations-mappings"
+BACKLOG_AFTER = 90
 
 
 def _mail(kind: str | None = None) -> list[Any]:
     return read_mail(MAIL, kind)
 
 
+def _write_mappings() -> None:
+    shutil.rmtree(MAPPINGS, ignore_errors=True)
+    MAPPINGS.mkdir(parents=True)
+    for path in (ROOT / "include" / "mappings").glob("*.yaml"):
+        shutil.copy(path, MAPPINGS / path.name)
+    text = (MAPPINGS / f"{CLIENT}.yaml").read_text(encoding="utf-8")
+    assert "\nalerts:" not in text
+    (MAPPINGS / f"{CLIENT}.yaml").write_text(text + f"alerts:\n  backlog_after: PT{BACKLOG_AFTER}S\n", encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def stack() -> None:
+    _write_mappings()
+    env = {**_stack_env(), "CLIENTFLOW_MAPPINGS_DIR": str(MAPPINGS)}
     for command in ("down", "up", "chromium"):
-        subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=_stack_env(), check=True)
+        subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=env, check=True)
     from bench.bench_e2e import reset_client
 
     reset_client()
@@ -223,6 +240,55 @@ def test_the_watchdog_alerts_a_stale_client_once(history: dict[str, Any]) -> Non
     new = [m["Subject"] for m in _mail()[before:]]
     assert new.count("[clientflow] ALERT iriscare: no fresh data") == 1, new
     assert not any(CLIENT in s for s in new), new
+
+
+def _watchdog_once() -> list[str]:
+    """One run of the watchdog; the subjects of the mail it sent."""
+    before = len(_mail())
+    _airflow("dags", "unpause", "clientflow_watchdog")
+    _airflow("dags", "trigger", "clientflow_watchdog")
+    time.sleep(3)
+    _settle("clientflow_watchdog")
+    return [m["Subject"] for m in _mail()[before:]]
+
+
+def test_the_watchdog_alerts_a_backlog_once_and_its_end(history: dict[str, Any]) -> None:
+    alert = f"[clientflow] ALERT {CLIENT}: batches waiting unprocessed"
+    with _notifications_off():  # nothing announces the batch: it waits in the bucket
+        _extract_db(BACKLOG)
+        uploaded = time.time()
+        assert alert not in _watchdog_once()  # complete, but younger than backlog_after
+        time.sleep(max(0.0, BACKLOG_AFTER + 5 - (time.time() - uploaded)))
+        assert _watchdog_once().count(alert) == 1
+        assert alert not in _watchdog_once()  # once per incident, not per check
+        _trigger(BACKLOG)
+        _wait_promoted(BACKLOG)
+        _settle()
+    assert _watchdog_once().count(f"[clientflow] RECOVERED {CLIENT}: batches waiting unprocessed") == 1
+
+
+def _task_log(airflow_run_id: str, task_id: str) -> list[dict[str, Any]]:
+    found = sorted((ROOT / ".stack" / "airflow" / "logs" / f"dag_id={DAG}" / f"run_id={airflow_run_id}" /
+                    f"task_id={task_id}").glob("attempt=*.log"))
+    assert found, f"no log of {task_id} in run {airflow_run_id}"
+    return [json.loads(line) for line in found[-1].read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_task_log_lines_name_client_job_and_stage(history: dict[str, Any]) -> None:
+    state, airflow_run_id = _batch(RECOVER) or (None, None)
+    assert state == "SUCCESS" and airflow_run_id
+    with psycopg.connect(f"{PG}/clientflow_staging") as conn:
+        job_id = conn.execute("select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s",
+                              (CLIENT, RECOVER)).fetchone()[0]
+    for task_id, expected_job in (("find_batch", "pending"), ("ingest", job_id), ("promote", job_id)):
+        lines = _task_log(airflow_run_id, task_id)
+        first = next(i for i, line in enumerate(lines) if "stage" in line)  # the task's on_execute_callback
+        ours = lines[first:]
+        assert len(ours) >= 2, (task_id, lines)
+        assert all(line.get("client") == CLIENT and line.get("stage") == task_id for line in ours), (task_id, ours)
+        assert ours[-1]["job_id"] == expected_job, (task_id, ours[-1])
+        # before it, only the task runner's start-up (the DAG file parsed, the bundle found)
+        assert first <= 5 and all("stage" not in line for line in lines[:first]), (task_id, lines[:first])
 
 
 def test_a_backfill_reprocesses_dates_from_the_bucket(history: dict[str, Any]) -> None:
