@@ -11,7 +11,8 @@ an older version; without it an outdated database is an error that says so, neve
 Roles:
 - ``clientflow_staging`` owns the staging database (raw tables, dummy production, ledger, dbt).
 - ``clientflow_promoter`` may only read and upsert production's practice tables: no DELETE, no
-  DDL, nothing else.
+  DDL, nothing else; and only the rows of the client its transaction names (row-level security,
+  ``include/sql/production_rls.sql``).
 - ``clientflow_status`` (the status page, the metrics) may only read the ledger (schema
   ``pipeline`` of staging): not the raw tables, not dummy production, not production.
 """
@@ -46,7 +47,7 @@ def _ensure_role(admin: psycopg.Connection[Any], role: str, password: str) -> No
 def schema_version() -> str:
     """A hash of the DDL files: databases built from other files are outdated."""
     digest = hashlib.sha256()
-    for name in ("production.sql", "pipeline.sql"):
+    for name in ("production.sql", "production_rls.sql", "pipeline.sql"):
         digest.update((SQL_DIR / name).read_bytes())
     return "clientflow schema " + digest.hexdigest()[:16]
 
@@ -66,10 +67,13 @@ def _ensure_database(admin: psycopg.Connection[Any], name: str, owner: str, rese
         admin.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), sql.Literal(schema_version())))
 
 
-def apply_production_ddl(conn: psycopg.Connection[Any]) -> None:
+def apply_production_ddl(conn: psycopg.Connection[Any], *, row_security: bool = False) -> None:
+    """Production's tables (and, with ``row_security``, its tenant policies) in schema practice."""
     conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(PRACTICE_SCHEMA)))
     conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(PRACTICE_SCHEMA)))
     conn.execute((SQL_DIR / "production.sql").read_text(encoding="utf-8"))
+    if row_security:
+        conn.execute((SQL_DIR / "production_rls.sql").read_text(encoding="utf-8"))
     conn.execute("reset search_path")
 
 
@@ -103,7 +107,7 @@ def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outd
         grant_status_role(conn, staging_db)
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=production_db)) as conn:
-        apply_production_ddl(conn)
+        apply_production_ddl(conn, row_security=True)
         conn.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(production_db)))
         conn.execute(
             sql.SQL("grant connect, temporary on database {} to {}").format(

@@ -39,6 +39,17 @@ def describe_db_error(exc: BaseException) -> str:
     return f"PostgreSQL {type(exc).__name__}" + (f" ({', '.join(names)})" if names else "")
 
 
+TENANT_SETTING = "app.client_id"
+"""The connection setting production's row-level security policies compare ``client_id`` with
+(include/sql/production_rls.sql): unset, a role sees and writes no row at all."""
+
+
+def set_tenant(conn: psycopg.Connection[Any], client: str, *, local: bool = True) -> None:
+    """Make ``client`` the only tenant this connection can see or write in production: for the
+    current transaction (``local``), or for the whole session."""
+    conn.execute("select set_config(%s, %s, %s)", (TENANT_SETTING, client, local))
+
+
 def is_transient(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.OperationalError) or (exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
 

@@ -178,6 +178,25 @@ airflow_env() {
   eval "$("$VENV/bin/python" -m clientflow.settings_file)"
 }
 
+# Airflow's metadata database belongs to one stack home: its rows are encrypted with the home's
+# Fernet key (airflow.cfg), so a database left by another clone's stack (triggers, connections)
+# cannot be read here and crashes the triggerer. The database's comment names its home's id.
+metadata_database() {
+  local id owner sql="psql -h $PG_HOST -p $PG_PORT -U postgres -d postgres -Atq"
+  [ -f "$STATE/stack-id" ] || head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/stack-id"
+  id="clientflow stack $(cat "$STATE/stack-id")"
+  owner=$($sql -c "select coalesce(shobj_description(oid, 'pg_database'), '-') from pg_database where datname = 'clientflow_airflow'")
+  if [ -n "$owner" ] && [ "$owner" != "$id" ]; then
+    log "Airflow: the metadata database clientflow_airflow was made by another stack home; rebuilding it"
+    $sql -c "drop database clientflow_airflow with (force)" >/dev/null
+    owner=""
+  fi
+  if [ -z "$owner" ]; then
+    $sql -c "create database clientflow_airflow" >/dev/null
+    $sql -c "comment on database clientflow_airflow is '$id'" >/dev/null
+  fi
+}
+
 up() {
   ensure_postgres
   ensure_redis
@@ -193,9 +212,7 @@ up() {
   mkdir -p "$AIRFLOW_HOME"
   [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
   if ! port_open 127.0.0.1 "$AIRFLOW_PORT"; then
-    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc \
-      "select 1 from pg_database where datname = 'clientflow_airflow'" | grep -q 1 \
-      || psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "create database clientflow_airflow" >/dev/null
+    metadata_database
     "$VENV/bin/airflow" db migrate >"$STATE/airflow-migrate.log" 2>&1
     "$VENV/bin/python" -m clientflow.settings_file --pools | while read -r name slots description; do
       "$VENV/bin/airflow" pools set "$name" "$slots" "$description" >/dev/null

@@ -37,7 +37,7 @@ from client_extractor.contract import DATA_FILE, MANIFEST_FILE, parse_key
 from clientflow.arrival.batches import MAX_MANIFEST_BYTES
 from clientflow.arrival.manifest import parse_manifest
 from clientflow.config import PipelineSettings
-from clientflow.db import connect
+from clientflow.db import connect, set_tenant
 from clientflow.entities import entity as our_entity
 from clientflow.errors import BadInputError, Where
 from clientflow.faults import named
@@ -161,6 +161,7 @@ def reconcile(settings: PipelineSettings, mapping: ClientMapping, day: date | No
     where = Where(client=client, batch_date=day.isoformat() if day else None)
     with connect(settings.staging, where, "reading the ledger for the reconciliation") as staging, \
             connect(settings.production, where, "reading production for the reconciliation") as production:
+        set_tenant(production, client, local=False)
         batches = staging.execute(
             "select ingestion_id, batch_date, run_id, state from pipeline.batches where client_name = %s "
             "and (%s::date is null or batch_date = %s) order by batch_date, created_at",

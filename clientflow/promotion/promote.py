@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from clientflow.db import set_tenant
 from clientflow.entities import ENTITY_ORDER, entity
 from clientflow.errors import PermanentError, Where
 
@@ -117,13 +118,20 @@ def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Com
 
 def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connection[Any], name: str, client: str,
                     ingestion_id: str, where: Where) -> tuple[int, int, int]:
-    """(offered, inserted, updated) of one entity. A client's first load is copied straight into
-    the table; later batches go through a temp table and an insert plus an update."""
+    """(offered, inserted, updated) of one entity. The change set is copied into a temp table
+    (COPY cannot write a table under row-level security); a client's first load is inserted from
+    it whole, later batches are merged (an insert plus an update)."""
     target = sql.Identifier(SCHEMA, name)
     first_load = production.execute(sql.SQL("select not exists (select 1 from {} where client_id = %s)").format(target),
                                     (client,)).fetchone()
+    incoming = f"incoming_{name}"
+    production.execute(sql.SQL("create temp table {} (like {} including defaults) on commit drop").format(
+        sql.Identifier(incoming), target))
+    _copy(staging, production, name, client, sql.Identifier(incoming))
     if first_load and first_load[0]:
-        _copy(staging, production, name, client, target)
+        cols = _names(entity(name).production_columns)
+        offered = production.execute(sql.SQL("insert into {} ({}) select {} from {}").format(
+            target, cols, cols, sql.Identifier(incoming))).rowcount
         written = sql.SQL("(select * from {} where client_id = {} and ingestion_id = {})").format(
             target, sql.Literal(client), sql.Literal(ingestion_id))
         # The statistics still say the client has no rows (the promoter may not ANALYZE production's
@@ -132,12 +140,7 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
         production.execute("set local enable_nestloop = off")
         _check_parents(production, name, written, where)
         production.execute("set local enable_nestloop = on")
-        offered = _count(production, sql.SQL("select count(*) from {} r").format(written))
         return offered, offered, 0
-    incoming = f"incoming_{name}"
-    production.execute(sql.SQL("create temp table {} (like {} including defaults) on commit drop").format(
-        sql.Identifier(incoming), target))
-    _copy(staging, production, name, client, sql.Identifier(incoming))
     production.execute(sql.SQL("analyze {}").format(sql.Identifier(incoming)))  # else: plans for 0 rows, scans
     _check_parents(production, name, sql.Identifier(incoming), where)
     offered = _count(production, sql.SQL("select count(*) from {}").format(sql.Identifier(incoming)))
@@ -161,6 +164,7 @@ def promote(
     """Write the batch's changes of each entity, parents first, and record the promotion; the
     caller commits."""
     where = Where(client=client, batch_date=batch_date.isoformat())
+    set_tenant(production, client)  # row-level security: this client's rows, and only them
     production.execute("set local session_replication_role = replica")
     row = production.execute("select clock_timestamp()").fetchone()
     assert row is not None
@@ -183,5 +187,6 @@ def promote(
 
 def was_promoted(production: psycopg.Connection[Any], client: str, ingestion_id: str) -> bool:
     """Whether production holds the batch (its promotion committed), whatever the ledger says."""
+    set_tenant(production, client)
     return production.execute("select 1 from practice.promotions where client_id = %s and ingestion_id = %s",
                               (client, ingestion_id)).fetchone() is not None

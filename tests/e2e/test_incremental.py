@@ -29,6 +29,7 @@ import pymysql
 import pytest
 from psycopg import sql
 
+from clientflow.db import set_tenant
 from clientflow.mapping import ClientMapping, load_all
 from tests.support import e2e
 from tests.support.dags import test_client_dag
@@ -181,6 +182,7 @@ def _live(settings: Any, client: str) -> dict[str, set[Any]]:
     """entity -> keys of production's rows that are not soft-deleted."""
     out = {}
     with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, client, local=False)  # production's row-level security
         for entity, key in (("patients", "patient_id"), ("appointments", "appointment_id"),
                             ("procedures", "procedure_id"), ("providers", "provider_id")):
             out[entity] = {r[0] for r in conn.execute(sql.SQL(

@@ -18,6 +18,7 @@ import pytest
 
 from client_extractor.contract import parse_key
 from clientflow import pipeline
+from clientflow.db import set_tenant
 from tests.support.practice import (
     TABLES,
     Practice,
@@ -76,6 +77,7 @@ def test_a_promotion_killed_after_the_first_entity_leaves_production_unchanged(s
     assert killed, "the promotion finished before it could be killed"
     assert {e: production_rows(settings, mapping.client, e, "last_name") for e in ("providers", "patients")} == before
     with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, mapping.client, local=False)  # production's row-level security
         assert conn.execute("select count(*) from practice.providers where ingestion_id = %s",
                             (batch.ingestion_id,)).fetchone() == (0,)  # the first entity's upsert was rolled back
     assert_dummy_equals_production(settings, mapping.client)
@@ -134,6 +136,7 @@ def test_a_production_row_traces_to_its_file_and_row(settings: Any) -> None:
         settings, mapping.client, "patients", "job_id", "source_file", "source_row", "ingestion_id")["P3"]
     assert ingestion_id == batch.ingestion_id
     with psycopg.connect(settings.production.conninfo()) as conn:  # when it reached production: its batch's row
+        set_tenant(conn, mapping.client, local=False)  # production's row-level security
         promoted = conn.execute("select promoted_at from practice.promotions where client_id = %s and "
                                 "ingestion_id = %s", (mapping.client, ingestion_id)).fetchone()
     assert promoted is not None and promoted[0] is not None
@@ -165,6 +168,7 @@ def test_a_batch_that_changes_one_row_writes_one_row(settings: Any) -> None:
     again[TABLES["patients"]][7]["pt_last"] = "Changed"
     batch = run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", again))
     with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, mapping.client, local=False)  # production's row-level security
         written = conn.execute("select rows_written from practice.promotions where ingestion_id = %s",
                                (batch.ingestion_id,)).fetchone()[0]
         versions = dict(conn.execute("select patient_id, ingestion_id from practice.patients where client_id = %s",

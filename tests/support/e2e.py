@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from client_extractor.contract import parse_key
+from clientflow.db import set_tenant
 from clientflow.entities import BY_NAME
 from tests.support.extractor import build_binary
 from tests.support.oracle import Rows
@@ -40,6 +41,7 @@ def production_snapshot(settings: Any, client: str) -> Rows:
     """entity -> (client_id, key) -> business columns plus the row's version (xmin)."""
     out: Rows = {}
     with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, client, local=False)  # production's row-level security
         for name, entity in BY_NAME.items():
             cur = conn.execute(
                 sql.SQL("select {}, xmin::text as row_version from practice.{} where client_id = %s").format(

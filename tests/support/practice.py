@@ -16,6 +16,7 @@ import psycopg
 
 from clientflow.arrival import batch_files
 from clientflow.batch import Batch
+from clientflow.db import set_tenant
 from clientflow.entities import BY_NAME
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger
@@ -111,6 +112,7 @@ def production_rows(settings: Any, client: str, entity: str, *columns: str) -> d
     key = BY_NAME[entity].key
     cols = ", ".join([key, *columns])
     with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, client, local=False)  # production's row-level security
         return {r[0]: tuple(r[1:]) for r in conn.execute(
             f"select {cols} from practice.{entity} where client_id = %s", (client,))}  # noqa: S608 (test names)
 
@@ -150,6 +152,7 @@ def snapshot(conninfo: str, client: str) -> dict[str, set[tuple[Any, ...]]]:
     (the staging database's practice schema) with production."""
     out = {}
     with psycopg.connect(conninfo) as conn:
+        set_tenant(conn, client, local=False)  # production's row-level security
         for name, entity in BY_NAME.items():
             cols = ", ".join(entity.production_columns)
             out[name] = set(conn.execute(f"select {cols} from practice.{name} where client_id = %s",  # noqa: S608
