@@ -98,6 +98,18 @@ class LocalTarget(Target):
             self.discard(tmp)
 
 
+def _why(exc: Exception) -> str:
+    """The error's class and S3's error code (AccessDenied, InvalidAccessKeyId, ...) if it names one."""
+    import re
+
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    found = code or next(iter(re.findall(r"An error occurred \((\w+)\)", str(exc))), None)
+    hint = {"AccessDenied": "these credentials may not write here", "InvalidAccessKeyId": "unknown access key",
+            "SignatureDoesNotMatch": "wrong secret key"}.get(str(found), "")
+    return type(exc).__name__ + (f": {found}" if found else "") + (f", {hint}" if hint else "")
+
+
 class S3Target(Target):
     def __init__(self, url: str, endpoint_url: str | None) -> None:
         rest = url[len("s3://"):]
@@ -135,6 +147,8 @@ class S3Target(Target):
             raise OutputError("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
         except bx.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
+            if str(code) in {"403", "AccessDenied", "Forbidden"}:
+                return  # upload-only credentials (clientflow upload-policy) may not list the bucket; puts will tell
             raise OutputError(f"cannot use bucket {self.bucket!r} ({code}): check the bucket name and that these credentials may write to it") from None
         except (bx.BotoCoreError, ValueError) as exc:
             raise OutputError(f"cannot reach S3{' at ' + self.endpoint_url if self.endpoint_url else ''}: {type(exc).__name__}: {exc}") from None
@@ -174,7 +188,7 @@ class S3Target(Target):
         try:
             self.s3.upload_file(tmp_path, self.bucket, key, ExtraArgs={"ContentType": "application/json"}, Config=config)
         except (S3UploadFailedError, bx.BotoCoreError, bx.ClientError) as exc:
-            raise OutputError(f"upload of s3://{self.bucket}/{key} failed after retries ({type(exc).__name__}); no manifest was written, re-run with the same --run-id and --date to complete the batch") from None
+            raise OutputError(f"upload of s3://{self.bucket}/{key} failed after retries ({_why(exc)}); no manifest was written, re-run with the same --run-id and --date to complete the batch") from None
 
     def put_manifest(self, prefix: str, body: bytes) -> None:
         import botocore.exceptions as bx
@@ -187,7 +201,8 @@ class S3Target(Target):
             if code in {"PreconditionFailed", "412"}:
                 if self._same_manifest(key, body):
                     return  # our own earlier attempt landed before its response was lost
-                raise OutputError(f"s3://{self.bucket}/{key} already exists (another run with the same --run-id?); nothing was overwritten") from None
+                raise OutputError(f"s3://{self.bucket}/{key} already exists (another run with the same --run-id?); nothing was overwritten; "
+                                  "with upload-only credentials a run cannot be resumed: start a new one without --run-id") from None
             raise OutputError(f"writing s3://{self.bucket}/{key} failed ({code}); re-run with the same --run-id and --date") from None
         except bx.BotoCoreError as exc:
             raise OutputError(f"writing s3://{self.bucket}/{key} failed ({type(exc).__name__}); re-run with the same --run-id and --date") from None

@@ -13,6 +13,7 @@
     clientflow metrics-server [--port P]   serve Prometheus metrics read from the ledger (read-only role)
     clientflow reconcile CLIENT [--date D] [--skip-data]   every batch in the bucket against raw, rejects,
                                        dummy production and production; exit 1 on any difference
+    clientflow upload-policy CLIENT [--bucket B]   the IAM policy of the client's upload credentials
 """
 
 from __future__ import annotations
@@ -220,6 +221,22 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 1 if report.differences else 0
 
 
+def _upload_policy(args: argparse.Namespace) -> int:
+    from clientflow.operations.upload_policy import upload_policy
+
+    bucket = args.bucket
+    if bucket is None:
+        from clientflow.config import PipelineSettings
+
+        bucket = PipelineSettings.from_settings_file().s3.bucket
+    try:
+        print(json.dumps(upload_policy(args.client, bucket), indent=2))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -258,6 +275,10 @@ def parser() -> argparse.ArgumentParser:
                            help="trust the data files' checksums instead of hashing each again")
     reconcile.add_argument("--mappings-dir", help="where the client's mapping is (default: the project's)")
     reconcile.set_defaults(run=_reconcile)
+    policy = commands.add_parser("upload-policy", help="the IAM policy of a client's upload credentials")
+    policy.add_argument("client")
+    policy.add_argument("--bucket", help="the landing bucket (default: the clientflow_s3 connection's)")
+    policy.set_defaults(run=_upload_policy)
     return root
 
 
