@@ -177,6 +177,24 @@ def log_context(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     return callback
 
 
+def log_result(_mapping: ClientMapping) -> Callable[..., None]:
+    """Every task's ``post_execute`` hook: a task body runs in a copy of the log context (Airflow's
+    task runner), so the job id that ``ingest`` named inside it is bound again here, for the
+    lines Airflow writes after the body (the XCom push, the task's end)."""
+
+    def hook(_context: dict[str, Any], result: Any = None) -> None:
+        from clientflow.batch import Batch
+        from clientflow.operations import logcontext
+
+        if isinstance(result, dict) and result.get("ingestion_id") and result.get("date"):
+            try:
+                logcontext.bind_job(Batch.from_xcom(result))
+            except (KeyError, TypeError, ValueError):  # not a batch after all: the context stays
+                pass
+
+    return hook
+
+
 def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     """First of the failure callbacks: ledger FAILED, dummy production restored, the client lock
     released. The notifiers after it (clientflow.operations.notify) read what it recorded."""

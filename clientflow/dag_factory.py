@@ -70,6 +70,7 @@ def _default_args(mapping: ClientMapping) -> dict[str, Any]:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
         "on_execute_callback": edge.log_context(mapping),
+        "post_execute": edge.log_result(mapping),
         "on_failure_callback": edge.on_failure(mapping),
     }
 

@@ -4,7 +4,9 @@ Airflow 3 writes task logs through structlog, and its processors merge structlog
 variables into every event: Airflow's own lines, ours, and those of any library that logs through
 the standard library (``merge_contextvars`` in Airflow's logging configuration). :func:`bind`
 sets ours when a task starts (the client DAG's ``on_execute_callback``, Cosmos's dbt tasks
-included), and :func:`bind_job` again as soon as the raw load has named the job. Before that the
+included), and :func:`bind_job` again as soon as the raw load has named the job. The task body
+runs in a copy of the context, so the ``post_execute`` hook binds the job once more from the
+body's result, for the lines Airflow writes after it. Before that the
 job is ``pending``: the plan and the sensor run before a batch has a job id.
 
 The fields are names and identifiers, never a row value: ``client``, ``job_id`` (the ingestion
