@@ -14,6 +14,10 @@
     clientflow reconcile CLIENT [--date D] [--skip-data]   every batch in the bucket against raw, rejects,
                                        dummy production and production; exit 1 on any difference
     clientflow upload-policy CLIENT [--bucket B]   the IAM policy of the client's upload credentials
+    clientflow status                  per client: last promoted batch and its age, batches by state, incidents
+    clientflow batches CLIENT          the client's batches, newest first
+    clientflow trace JOB_ID            a batch (by ingestion id or a file's job id): files, events, stages, rows
+    clientflow reprocess CLIENT DATE [--run-id R]   run a FAILED batch again, once its cause is fixed
 """
 
 from __future__ import annotations
@@ -237,6 +241,75 @@ def _upload_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_only() -> Any:
+    import psycopg
+
+    return psycopg.connect(_status_database().conninfo())
+
+
+def _status(args: argparse.Namespace) -> int:
+    from clientflow.operations import oncall, status
+
+    with _read_only() as conn:
+        clients = [args.client] if args.client else status.known_clients(conn)
+        print(oncall.render_status(conn, clients))
+    return 0
+
+
+def _batches(args: argparse.Namespace) -> int:
+    from clientflow.operations import oncall
+
+    with _read_only() as conn:
+        print(oncall.render_batches(conn, args.client, args.limit))
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from clientflow.operations import oncall
+
+    with _read_only() as conn:
+        ingestion_id = oncall.resolve_job(conn, args.job_id)
+        text = oncall.render_trace(conn, ingestion_id) if ingestion_id else None
+    if text is None:
+        print(f"no batch or file with job id {args.job_id} in the ledger", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    import os
+    from datetime import date
+
+    from clientflow.operations import oncall
+
+    with _read_only() as conn:
+        try:
+            conf = oncall.batch_to_reprocess(conn, args.client, date.fromisoformat(args.date), args.run_id)
+        except oncall.NotReprocessable as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    dag_id = f"client_{args.client}"
+    if args.dry_run:
+        print(f"would trigger {dag_id} with {json.dumps(conf)} "
+              f"(or: airflow dags trigger {dag_id} --conf '{json.dumps(conf)}')")
+        return 0
+    password = os.environ.get("CLIENTFLOW_AIRFLOW_PASSWORD")
+    if password is None:
+        print("set CLIENTFLOW_AIRFLOW_PASSWORD (and CLIENTFLOW_AIRFLOW_USER) to the Airflow login that may "
+              "trigger runs; the local stack's is admin / admin", file=sys.stderr)
+        return 2
+    try:
+        run_id = oncall.trigger(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password,
+                                dag_id, conf)
+    except OSError as exc:  # urllib's HTTP and connection errors
+        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
+              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
+        return 1
+    print(f"triggered {dag_id} run {run_id} for batch {conf['batch_date']} run {conf['run_id']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -279,6 +352,23 @@ def parser() -> argparse.ArgumentParser:
     policy.add_argument("client")
     policy.add_argument("--bucket", help="the landing bucket (default: the clientflow_s3 connection's)")
     policy.set_defaults(run=_upload_policy)
+    shown = commands.add_parser("status", help="per client: last promoted batch, batches by state, incidents")
+    shown.add_argument("client", nargs="?", help="one client (default: every client in the ledger)")
+    shown.set_defaults(run=_status)
+    listed = commands.add_parser("batches", help="a client's batches, newest first")
+    listed.add_argument("client")
+    listed.add_argument("--limit", type=int, default=50)
+    listed.set_defaults(run=_batches)
+    traced = commands.add_parser("trace", help="a batch from its job id to its files, events and rows")
+    traced.add_argument("job_id", help="the batch's ingestion id, or the job id of one of its files")
+    traced.set_defaults(run=_trace)
+    again = commands.add_parser("reprocess", help="run a FAILED batch again, once its cause is fixed")
+    again.add_argument("client")
+    again.add_argument("date", help="the batch date (YYYY-MM-DD)")
+    again.add_argument("--run-id", help="the extractor run (default: the date's newest batch in the ledger)")
+    again.add_argument("--airflow-url", default="http://127.0.0.1:8080", help="Airflow's API server")
+    again.add_argument("--dry-run", action="store_true", help="print what would be triggered, trigger nothing")
+    again.set_defaults(run=_reprocess)
     return root
 
 

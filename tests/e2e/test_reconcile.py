@@ -147,3 +147,63 @@ def test_production_changed_behind_the_pipeline_is_named(
     assert code == 1
     assert f"DIFFERENCE client={CLIENT} date={batch_line.day} run={batch_line.run_id} patients: " in out
     assert victim[1] == next(iid for iid, *_ in _batches(settings) if _ == [batch_line.day, batch_line.run_id])
+
+
+# The on-call commands read the same history through the status page's read-only role.
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_status_and_batches_show_the_history(history: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run_cli(capsys, "status", CLIENT)
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.startswith(CLIENT))
+    assert "failed" in out.splitlines()[0] and "ago" in line
+    code, out, _ = _run_cli(capsys, "batches", CLIENT)
+    assert code == 0
+    rows = [row for row in out.splitlines() if row.startswith("2026-")]
+    assert {(r.split()[0], r.split()[1], r.split()[3]) for r in rows} >= {
+        (FIRST.isoformat(), "r1", "SUCCESS"), (REFUSED.isoformat(), "r2", "FAILED")}
+    failed = next(r for r in rows if r.split()[1] == "r2")
+    assert "checksum mismatch" in failed
+
+
+def test_trace_follows_a_job_id_to_files_events_and_rows(history: None, settings: Any,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ingestion_id = next(iid for iid, day, run in _batches(settings) if (day, run) == (FIRST, "r1"))
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        job_id = conn.execute("select job_id from pipeline.jobs where ingestion_id = %s and table_name = 'dim_patient'",
+                              (ingestion_id,)).fetchone()[0]
+    for given in (ingestion_id, job_id):
+        code, out, _ = _run_cli(capsys, "trace", given)
+        assert code == 0, out
+        assert out.startswith(f"batch {ingestion_id} of client {CLIENT}: date {FIRST}, extractor run r1, SUCCESS")
+        assert f"job {job_id}  {PATIENTS} rows (full)" in out
+        assert "run_id=r1/data.json" in out
+        assert [e.split()[2] for e in out.split("events:\n", 1)[1].split("stages:")[0].splitlines()] == [
+            "PENDING", "PROCESSING", "SUCCESS", "DUPLICATE"]
+        assert f"rows: manifest {2 * PATIENTS + 5 + PATIENTS + PATIENTS}" in out
+        assert "production patients" in out
+    code, _, err = _run_cli(capsys, "trace", "no-such-job")
+    assert code == 1 and "no batch or file with job id no-such-job" in err
+
+
+def test_reprocess_takes_only_a_failed_batch(history: None, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = _run_cli(capsys, "reprocess", CLIENT, REFUSED.isoformat(), "--dry-run")
+    assert code == 0
+    assert f"would trigger client_{CLIENT} with " + '{"batch_date": "' + REFUSED.isoformat() + '", "run_id": "r2"}' in out
+    code, _, err = _run_cli(capsys, "reprocess", CLIENT, FIRST.isoformat(), "--dry-run")
+    assert code == 1 and "is SUCCESS; only a FAILED" in err
+    code, _, err = _run_cli(capsys, "reprocess", CLIENT, "2026-01-01", "--dry-run")
+    assert code == 1 and "has no batch" in err
+    monkeypatch.delenv("CLIENTFLOW_AIRFLOW_PASSWORD", raising=False)
+    code, _, err = _run_cli(capsys, "reprocess", CLIENT, REFUSED.isoformat())
+    assert code == 2 and "CLIENTFLOW_AIRFLOW_PASSWORD" in err
+    monkeypatch.setenv("CLIENTFLOW_AIRFLOW_PASSWORD", "x")
+    code, _, err = _run_cli(capsys, "reprocess", CLIENT, REFUSED.isoformat(), "--airflow-url", "http://127.0.0.1:9")
+    assert code == 1 and "could not be reached" in err
