@@ -311,3 +311,25 @@ def test_a_backfill_reprocesses_dates_from_the_bucket(history: dict[str, Any]) -
     assert runs[1][3] == "skipped"  # the date without files: no batch, no 20-hour wait
     assert _batch(BACKFILL[1]) is None
     print(f"backfill of three dates finished in {time.time() - started:.0f} s")
+
+
+def test_a_failed_batch_is_reprocessed_by_one_command_and_everything_reconciles(history: dict[str, Any]) -> None:
+    day = BAD[0]
+    s3 = _aws("s3")
+    key = f"client={CLIENT}/table=dim_patient/date={day:%Y%m%d}/run_id=r{day:%Y%m%d}/data.json"
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert body.endswith(b" ")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body[:-1])  # the cause fixed: the file as the extractor wrote it
+    _settle()
+    cli = str(ROOT / ".venv" / "bin" / "clientflow")
+    done = subprocess.run([cli, "reprocess", CLIENT, day.isoformat()], cwd=ROOT, capture_output=True, text=True,
+                          env={**_stack_env(), "CLIENTFLOW_AIRFLOW_PASSWORD": "admin"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"for batch {day} run r{day:%Y%m%d}" in done.stdout
+    _wait_promoted(day)
+    _settle()
+    reconciled = subprocess.run([cli, "reconcile", CLIENT, "--mappings-dir", str(MAPPINGS)], cwd=ROOT,
+                                capture_output=True, text=True, env=_stack_env(), timeout=300)
+    print(reconciled.stdout[-4000:])
+    assert reconciled.returncode == 0, reconciled.stdout[-4000:] + reconciled.stderr[-2000:]
+    assert "0 difference(s): nothing lost, nothing duplicated" in reconciled.stdout
