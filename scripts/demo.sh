@@ -44,16 +44,37 @@ for _ in $(seq 1 90); do
 done
 .venv/bin/airflow dags unpause "$DAG" >/dev/null 2>&1
 
-say "Triggering $DAG for batch_date=$TODAY"
-RUN_ID="demo__$(date -u +%Y%m%dT%H%M%S)"
-.venv/bin/airflow dags trigger "$DAG" --run-id "$RUN_ID" --conf "{\"batch_date\": \"$TODAY\"}" >/dev/null 2>&1
-state=queued
-for _ in $(seq 1 300); do
-  state=$(meta "select state from dag_run where dag_id = '$DAG' and run_id = '$RUN_ID'")
-  case "$state" in success|failed) break ;; esac
+# Unpaused, the DAG finds the batch by itself: the bucket's event for its manifest, or the sweep of
+# the scheduled run. The demo follows that run rather than starting another (which would only find
+# the batch promoted and say DUPLICATE); it triggers one only if nothing took the batch up.
+ledger() { psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -Atqc \
+  "select state || ' ' || coalesce(airflow_run_id, '-') from pipeline.batches where client_name = 'ehrlogic'
+   and batch_date = '$TODAY' order by created_at desc limit 1"; }
+say "Waiting for $DAG to take up the batch of $TODAY (bucket event or sweep)"
+found=""
+for _ in $(seq 1 60); do
+  found=$(ledger); [ -n "$found" ] && break
   sleep 3
 done
-echo "DAG run $RUN_ID: $state"
+if [ -z "$found" ]; then
+  say "Nothing took it up: triggering $DAG for batch_date=$TODAY"
+  .venv/bin/airflow dags trigger "$DAG" --run-id "demo__$(date -u +%Y%m%dT%H%M%S)" \
+    --conf "{\"batch_date\": \"$TODAY\"}" >/dev/null 2>&1
+fi
+state=""
+for _ in $(seq 1 300); do
+  found=$(ledger)
+  case "${found%% *}" in SUCCESS|FAILED) break ;; esac
+  sleep 3
+done
+RUN_ID="${found#* }"
+state=$(meta "select state from dag_run where dag_id = '$DAG' and run_id = '$RUN_ID'")
+for _ in $(seq 1 60); do
+  case "$state" in success|failed) break ;; esac
+  sleep 2
+  state=$(meta "select state from dag_run where dag_id = '$DAG' and run_id = '$RUN_ID'")
+done
+echo "Batch $TODAY: ${found%% *}, promoted by DAG run $RUN_ID ($state)"
 
 say "Production (database clientflow_production, schema practice)"
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_production -P footer=off -c \
@@ -61,7 +82,7 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_production -P footer=
    union all select 'patients', count(*) from practice.patients where client_id = 'ehrlogic'
    union all select 'appointments', count(*) from practice.appointments where client_id = 'ehrlogic'
    union all select 'procedures', count(*) from practice.procedures where client_id = 'ehrlogic'"
-say "The job ledger (pipeline.batch_events): a re-run of the same content is a DUPLICATE"
+say "The job ledger (pipeline.batch_events): PENDING -> PROCESSING -> SUCCESS"
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -P footer=off -c \
   "select e.at::timestamp(0) as at, e.state, b.batch_date, b.ingestion_id, e.airflow_run_id
    from pipeline.batch_events e join pipeline.batches b using (ingestion_id)
@@ -70,7 +91,8 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d clientflow_staging -P footer=off
 cat <<MSG
 
 Airflow UI:  http://127.0.0.1:$AIRFLOW_PORT   (login: admin / admin, local stack only)
-Alert emails of the local stack land in the Maildir .stack/mail (status page: Browse → Clientflow status; metrics: http://127.0.0.1:9090).
+Status page: http://127.0.0.1:$AIRFLOW_PORT/clientflow/status   (in the UI: Browse → Clientflow status)
+Alert emails of the local stack land in the Maildir .stack/mail; metrics: http://127.0.0.1:9090.
 Stop everything with: make down
 MSG
-[ "$state" = success ]
+[ "$state" = success ] && [ "${found%% *}" = SUCCESS ]

@@ -34,8 +34,8 @@ log() { printf '[stack] %s\n' "$*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 wait_port() {
-  local host=$1 port=$2 what=$3
-  for _ in $(seq 1 120); do port_open "$host" "$port" && return 0; sleep 0.5; done
+  local host=$1 port=$2 what=$3 tries=${4:-120}
+  for _ in $(seq 1 "$tries"); do port_open "$host" "$port" && return 0; sleep 0.5; done
   log "$what did not come up on $host:$port"; return 1
 }
 
@@ -223,7 +223,7 @@ up() {
       nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
       echo $! >"$STATE/airflow.pid"
     fi
-    wait_port 127.0.0.1 "$AIRFLOW_PORT" "Airflow api-server" || { tail -n 30 "$STATE/airflow.log" "$STATE/api-server.log" 2>/dev/null >&2; return 1; }
+|| { tail -n 30 "$STATE/airflow.log" "$STATE/api-server.log" 2>/dev/null >&2; return 1; }
     log "Airflow ($AIRFLOW__CORE__EXECUTOR): http://127.0.0.1:$AIRFLOW_PORT (login admin / admin)"
   else
     log "Airflow: already on http://127.0.0.1:$AIRFLOW_PORT"
