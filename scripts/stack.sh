@@ -223,7 +223,8 @@ up() {
       nohup "$VENV/bin/airflow" standalone >"$STATE/airflow.log" 2>&1 &
       echo $! >"$STATE/airflow.pid"
     fi
-|| { tail -n 30 "$STATE/airflow.log" "$STATE/api-server.log" 2>/dev/null >&2; return 1; }
+    # a freshly migrated metadata database on a busy machine: standalone took over a minute
+    wait_port 127.0.0.1 "$AIRFLOW_PORT" "Airflow api-server" 480 || { tail -n 30 "$STATE/airflow.log" "$STATE/api-server.log" 2>/dev/null >&2; return 1; }
     log "Airflow ($AIRFLOW__CORE__EXECUTOR): http://127.0.0.1:$AIRFLOW_PORT (login admin / admin)"
   else
     log "Airflow: already on http://127.0.0.1:$AIRFLOW_PORT"
