@@ -14,10 +14,15 @@
     clientflow reconcile CLIENT [--date D] [--skip-data]   every batch in the bucket against raw, rejects,
                                        dummy production and production; exit 1 on any difference
     clientflow upload-policy CLIENT [--bucket B]   the IAM policy of the client's upload credentials
+    clientflow upload-key CLIENT create --out FILE | list | retire KEY_ID   the client's upload user
+                                       and its access keys: onboarding and rotation
     clientflow status                  per client: last promoted batch and its age, batches by state, incidents
     clientflow batches CLIENT          the client's batches, newest first
     clientflow trace JOB_ID            a batch (by ingestion id or a file's job id): files, events, stages, rows
     clientflow reprocess CLIENT DATE [--run-id R]   run a FAILED batch again, once its cause is fixed
+    clientflow restore CLIENT --by NAME --reason WHY [--since D]   rebuild production's rows of the
+                                       client from the bucket's files: sync dummy production from
+                                       production, then replay the promoted batches oldest first
 """
 
 from __future__ import annotations
@@ -241,6 +246,42 @@ def _upload_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upload_key(args: argparse.Namespace) -> int:
+    from clientflow.config import PipelineSettings
+    from clientflow.operations import upload_keys
+
+    s3 = PipelineSettings.from_settings_file().s3
+    iam = s3.client("iam")
+    try:
+        if args.action == "create":
+            if not args.out:
+                print("create needs --out FILE: the secret is written there (mode 600), never printed", file=sys.stderr)
+                return 2
+            out = Path(args.out)
+            if out.exists():
+                print(f"{out} exists; it is never overwritten", file=sys.stderr)
+                return 2
+            key_id, secret = upload_keys.create_key(iam, args.client, args.bucket or s3.bucket)
+            upload_keys.write_credentials(out, args.client, key_id, secret)
+            print(f"created upload key {key_id} of {upload_keys.user_name(args.client)}; credentials in {out}")
+        elif args.action == "retire":
+            if not args.key_id:
+                print("retire needs the KEY_ID (clientflow upload-key CLIENT list shows them)", file=sys.stderr)
+                return 2
+            upload_keys.retire_key(iam, args.client, args.key_id, offboard=args.offboard)
+            print(f"retired upload key {args.key_id} of {upload_keys.user_name(args.client)}")
+        else:
+            keys = upload_keys.list_keys(iam, args.client)
+            for key in keys:
+                print(f"{key.key_id}  {key.status:<8}  created {key.created:%Y-%m-%d %H:%M:%S %Z}".rstrip())
+            if not keys:
+                print(f"client {args.client} has no upload key")
+    except (upload_keys.KeyActionRefused, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
 def _read_only() -> Any:
     import psycopg
 
@@ -310,6 +351,63 @@ def _reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(args: argparse.Namespace) -> int:
+    import os
+    from datetime import date
+
+    from clientflow.config import PipelineSettings
+    from clientflow.operations import oncall, restore
+
+    settings = PipelineSettings.from_settings_file()
+    since = date.fromisoformat(args.since) if args.since else None
+    dag_id = f"client_{args.client}"
+    if args.dry_run:
+        with _read_only() as conn:
+            replays = restore.plan(conn, args.client, since)
+        for replay in replays:
+            print(f"would replay {dag_id} batch {replay.day} run {replay.run_id} (ingestion id {replay.ingestion_id})")
+        print(f"{len(replays)} batch(es); dummy production would first be synced from production")
+        return 0
+    if not (args.by and args.reason):
+        print("--by and --reason are required: they are recorded in the ledger with each re-offered batch",
+              file=sys.stderr)
+        return 2
+    password = os.environ.get("CLIENTFLOW_AIRFLOW_PASSWORD")
+    if password is None:
+        print("set CLIENTFLOW_AIRFLOW_PASSWORD (and CLIENTFLOW_AIRFLOW_USER) to the Airflow login that may "
+              "trigger runs; the local stack's is admin / admin", file=sys.stderr)
+        return 2
+    try:
+        replays, copied = restore.prepare(settings, args.client, by=args.by, reason=args.reason, since=since)
+    except restore.RestoreRefused as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"dummy production of {args.client} synced from production: "
+          + ", ".join(f"{name} {count}" for name, count in copied.items()))
+    try:
+        token = oncall.login(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
+
+        def run(replay: restore.Replay) -> str:
+            run_id = oncall.trigger(args.airflow_url, "", "", dag_id, replay.conf(), token=token, kind="restore")
+            print(f"replaying batch {replay.day} run {replay.run_id}: {dag_id} run {run_id}", flush=True)
+            return oncall.wait_for_run(args.airflow_url, token, dag_id, run_id, args.timeout)
+
+        done = restore.replay_all(replays, run)
+    except OSError as exc:  # urllib's HTTP and connection errors
+        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
+              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
+        return 1
+    for replay, state in done:
+        print(f"  {replay.day} run {replay.run_id}: {state}")
+    if len(done) < len(replays) or done[-1][1] != "success":
+        print(f"stopped at batch {done[-1][0].day} run {done[-1][0].run_id} ({done[-1][1]}); the later batches "
+              f"stay re-offered: fix the cause and run `clientflow restore {args.client} --since "
+              f"{done[-1][0].day} ...` again", file=sys.stderr)
+        return 1
+    print(f"{len(done)} batch(es) replayed; check with: clientflow reconcile {args.client}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="clientflow", description="Operate the clientflow pipeline.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -352,6 +450,14 @@ def parser() -> argparse.ArgumentParser:
     policy.add_argument("client")
     policy.add_argument("--bucket", help="the landing bucket (default: the clientflow_s3 connection's)")
     policy.set_defaults(run=_upload_policy)
+    key = commands.add_parser("upload-key", help="create, list or retire a client's upload keys (rotation)")
+    key.add_argument("client")
+    key.add_argument("action", choices=("create", "list", "retire"))
+    key.add_argument("key_id", nargs="?", help="the key to retire")
+    key.add_argument("--out", help="create: the file the new credentials are written to (mode 600)")
+    key.add_argument("--bucket", help="create: the landing bucket of the policy (default: the connection's)")
+    key.add_argument("--offboard", action="store_true", help="retire: allow retiring the client's last key")
+    key.set_defaults(run=_upload_key)
     shown = commands.add_parser("status", help="per client: last promoted batch, batches by state, incidents")
     shown.add_argument("client", nargs="?", help="one client (default: every client in the ledger)")
     shown.set_defaults(run=_status)
@@ -369,6 +475,15 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--airflow-url", default="http://127.0.0.1:8080", help="Airflow's API server")
     again.add_argument("--dry-run", action="store_true", help="print what would be triggered, trigger nothing")
     again.set_defaults(run=_reprocess)
+    restored = commands.add_parser("restore", help="rebuild a client's production rows from the JSON files kept in the bucket")
+    restored.add_argument("client")
+    restored.add_argument("--by", help="who decides (recorded in the ledger)")
+    restored.add_argument("--reason", help="why (recorded in the ledger)")
+    restored.add_argument("--since", help="replay the promoted batches from this date (YYYY-MM-DD); default: all")
+    restored.add_argument("--airflow-url", default="http://127.0.0.1:8080", help="Airflow's API server")
+    restored.add_argument("--timeout", type=float, default=3600, help="seconds to wait for each batch's run")
+    restored.add_argument("--dry-run", action="store_true", help="print the batches it would replay, change nothing")
+    restored.set_defaults(run=_restore)
     return root
 
 

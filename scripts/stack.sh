@@ -142,6 +142,8 @@ start_bg() {  # name port command...
 
 airflow_env() {
   export AIRFLOW_HOME="$STATE/airflow"
+  # `airflow` and `clientflow` of the project's virtualenv, for `eval "$(scripts/stack.sh airflow-env)"`.
+  case ":$PATH:" in *":$ROOT/.venv/bin:"*) ;; *) export PATH="$ROOT/.venv/bin:$PATH" ;; esac
   export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
   export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
   export AIRFLOW__CORE__LOAD_EXAMPLES=False

@@ -10,6 +10,8 @@ the UI's Trigger form does with the same params.
 from __future__ import annotations
 
 import json
+import time
+import urllib.parse
 import urllib.request
 from datetime import UTC, date, datetime
 from typing import Any
@@ -109,20 +111,39 @@ def batch_to_reprocess(conn: psycopg.Connection[Any], client: str, day: date, ru
     return {"batch_date": day.isoformat(), "run_id": run}
 
 
-def trigger(api_url: str, username: str, password: str, dag_id: str, conf: dict[str, str]) -> str:
-    """Start a run of ``dag_id`` with ``conf`` through Airflow's REST API; its run id."""
-    def call(path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(api_url.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {token}"} if token else {})})
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - the operator's own Airflow URL
-            return dict(json.loads(answer.read()))
+def _call(api_url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(api_url.rstrip("/") + path, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - the operator's own Airflow URL
+        return dict(json.loads(answer.read()))
 
-    token = call("/auth/token", {"username": username, "password": password})["access_token"]
-    run_id = f"reprocess__{conf['batch_date']}__{conf['run_id']}__{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    made = call(f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}, token)
+
+def login(api_url: str, username: str, password: str) -> str:
+    """A bearer token of Airflow's REST API."""
+    return str(_call(api_url, "/auth/token", {"username": username, "password": password})["access_token"])
+
+
+def trigger(api_url: str, username: str, password: str, dag_id: str, conf: dict[str, str],
+            *, token: str | None = None, kind: str = "reprocess") -> str:
+    """Start a run of ``dag_id`` with ``conf`` through Airflow's REST API; its run id."""
+    token = token or login(api_url, username, password)
+    run_id = f"{kind}__{conf['batch_date']}__{conf['run_id']}__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    made = _call(api_url, f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf},
+                 token)
     return str(made.get("dag_run_id", run_id))
 
 
+def wait_for_run(api_url: str, token: str, dag_id: str, run_id: str, timeout: float, poll: float = 5.0) -> str:
+    """The run's final state (success or failed), or ``timeout`` if it is still going after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = str(_call(api_url, f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", token=token)["state"])
+        if state in ("success", "failed") or time.monotonic() > deadline:
+            return state if state in ("success", "failed") else "timeout"
+        time.sleep(poll)
+
+
 __all__ = ["NotReprocessable", "batch_to_reprocess", "render_batches", "render_status", "render_trace",
-           "resolve_job", "trigger"]
+           "login", "resolve_job", "trigger", "wait_for_run"]

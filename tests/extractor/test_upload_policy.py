@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,6 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from clientflow import cli
+from clientflow.operations import upload_keys
 from clientflow.operations.upload_policy import upload_policy
 
 from .conftest import VENV_BIN, free_port, pg_connect, wait_port
@@ -125,3 +127,44 @@ def test_the_extractor_runs_on_upload_only_credentials(iam_s3: tuple[str, dict[s
     again = run_extractor(*args, env=creds)  # the same run id again: its manifest stays as it was
     assert again.returncode != 0
     assert "already exists" in again.stderr and "nothing was overwritten" in again.stderr
+
+
+# Onboarding and rotation: ``clientflow upload-key`` makes the upload user and swaps its keys.
+
+
+def test_a_key_rotation_never_leaves_the_client_without_credentials(
+        iam_s3: tuple[str, dict[str, str], dict[str, str]], tmp_path: Path) -> None:
+    endpoint, admin, _uploader = iam_s3
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=admin["id"],
+                       aws_secret_access_key=admin["secret"])
+    old_id, old_secret = upload_keys.create_key(iam, CLIENT, BUCKET)
+    assert iam.get_user_policy(UserName="clientflow-upload-ehrlogic", PolicyName="clientflow-upload")[
+        "PolicyDocument"] == upload_policy(CLIENT, BUCKET)
+    folder = f"client={CLIENT}/table=t/date=20261202/run_id=r1/"
+    old = _client(endpoint, {"id": old_id, "secret": old_secret})
+    old.put_object(Bucket=BUCKET, Key=folder + "data.json", Body=b"[]")
+    _denied(old.get_object, Bucket=BUCKET, Key=folder + "data.json")  # the user holds the upload policy only
+
+    new_id, new_secret = upload_keys.create_key(iam, CLIENT, BUCKET)
+    with pytest.raises(upload_keys.KeyActionRefused, match="already holds 2 keys"):
+        upload_keys.create_key(iam, CLIENT, BUCKET)
+    upload_keys.retire_key(iam, CLIENT, old_id)
+    assert [k.key_id for k in upload_keys.list_keys(iam, CLIENT)] == [new_id]
+    with pytest.raises(ClientError) as caught:
+        old.put_object(Bucket=BUCKET, Key=folder + "manifest.json", Body=b"{}")
+    assert caught.value.response["Error"]["Code"] in {"InvalidAccessKeyId", "AccessDenied", "403"}
+    _client(endpoint, {"id": new_id, "secret": new_secret}).put_object(Bucket=BUCKET, Key=folder + "manifest.json",
+                                                                      Body=b"{}", IfNoneMatch="*")
+    with pytest.raises(upload_keys.KeyActionRefused, match="only upload key"):
+        upload_keys.retire_key(iam, CLIENT, new_id)
+    with pytest.raises(upload_keys.KeyActionRefused, match="has no key"):
+        upload_keys.retire_key(iam, CLIENT, old_id)
+    upload_keys.retire_key(iam, CLIENT, new_id, offboard=True)
+    assert upload_keys.list_keys(iam, CLIENT) == []
+
+    written = tmp_path / "ehrlogic.env"
+    upload_keys.write_credentials(written, CLIENT, "AKIDEXAMPLE", "s3cr3t")
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert "AWS_SECRET_ACCESS_KEY=s3cr3t" in written.read_text()
+    with pytest.raises(FileExistsError):
+        upload_keys.write_credentials(written, CLIENT, "AKIDOTHER", "other")
