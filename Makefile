@@ -5,7 +5,7 @@ VENV := .venv
 DBT_VENV := .venv-dbt
 DBT_SOURCES := $(shell find dbt/models dbt/macros dbt/tests -type f 2>/dev/null) dbt/dbt_project.yml
 
-.PHONY: install demo test test-stack test-scale up up-celery down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e bench-incremental clean
+.PHONY: install demo test test-stack test-scale failure-suite up up-celery down status lint lint-sql generate extractor bench-extract bench-load bench-parse bench-e2e bench-incremental clean
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed dbt/target/manifest.json
 
@@ -52,6 +52,12 @@ test-stack: install extractor
 test-scale: install extractor
 	mkdir -p .cache/tmp
 	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -m scale tests/stack/test_scale.py -s
+
+# The release gate's failure simulations on the running local stack (tests/failure/): one line per
+# scenario and a closing "N passed, M failed"; restarts the stack and leaves it running.
+failure-suite: install extractor
+	mkdir -p .cache/tmp
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -m failure tests/failure -s
 
 up: install
 	scripts/stack.sh up
