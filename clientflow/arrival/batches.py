@@ -84,6 +84,30 @@ def waiting_since(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> 
     return found
 
 
+def incomplete_since(s3: Any, bucket: str, mapping: ClientMapping,
+                     since: date) -> dict[tuple[date, str], tuple[datetime, list[str]]]:
+    """(date, run id) -> (when its last file arrived, the files it lacks) of every run from ``since``
+    on that is missing a file of an expected table, unless a complete run of the same date arrived
+    after it (the client's finished retry)."""
+    objects = _list_objects(s3, bucket, f"client={mapping.client}/")
+    runs: dict[tuple[date, str], dict[tuple[str, str], datetime]] = defaultdict(dict)
+    for key, at in objects.items():
+        parsed = parse_key(key)
+        if parsed is not None and parsed.client == mapping.client and parsed.day >= since:
+            runs[(parsed.day, parsed.run_id)][(parsed.table, parsed.file)] = at
+    needed = {(t, f) for t in mapping.source_tables for f in (DATA_FILE, MANIFEST_FILE)}
+    complete = {run: max(files.values()) for run, files in runs.items() if needed <= set(files)}
+    found = {}
+    for (day, run_id), files in sorted(runs.items()):
+        if needed <= set(files):
+            continue
+        last = max(files.values())
+        if any(d == day and at >= last for (d, _r), at in complete.items()):
+            continue
+        found[(day, run_id)] = (last, sorted(f"{t}/{f}" for t, f in needed - set(files)))
+    return found
+
+
 def sensor_check(mapping: ClientMapping) -> Callable[..., bool]:
     """``check_fn`` for the S3KeySensor: true once one run holds every table's two files.
 

@@ -240,6 +240,9 @@ class AlertPolicy(BaseModel):
                                      "the bucket, unseen by the ledger, is a backlog alert.")
     failed_after: timedelta = Field(default=timedelta(hours=24), description="A FAILED batch not reprocessed after "
                                     "this long is an alert.")
+    incomplete_after: timedelta = Field(default=timedelta(hours=2), description="An upload left incomplete this long "
+                                        "(a data file without its manifest, a table missing), with no complete run "
+                                        "of its date after it, is an alert.")
     notifiers: list[ExtraNotifier] = Field(default_factory=list, description="Further notifiers called when a "
                                            "batch fails, after the email (Slack, PagerDuty, ...).")
 

@@ -102,12 +102,14 @@ TITLES = {
     "stale": "no fresh data",
     "backlog": "batches waiting unprocessed",
     "failed_unreprocessed": "failed batches left unprocessed",
+    "incomplete": "uploads left incomplete",
 }
 STEPS = {
     "failing": "failing-repeatedly",
     "stale": "stale-client",
     "backlog": "backlog",
     "failed_unreprocessed": "failed-unreprocessed",
+    "incomplete": "incomplete-upload",
 }
 
 

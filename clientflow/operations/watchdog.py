@@ -4,7 +4,10 @@
   period (or the mapping's ``alerts.stale_after``): its data silently stopped arriving;
 - **backlog**: complete batches wait in the bucket, unseen by the ledger, longer than
   ``alerts.backlog_after`` (what the rollout plan called a dead-letter queue building up);
-- **failed_unreprocessed**: FAILED batches nobody reprocessed within ``alerts.failed_after``.
+- **failed_unreprocessed**: FAILED batches nobody reprocessed within ``alerts.failed_after``;
+- **incomplete**: an upload left incomplete (a data file without its manifest, a table missing)
+  longer than ``alerts.incomplete_after``, with no complete run of its date after it: the batch can
+  never run, and the client's extractor probably died mid-upload.
 
 Each is an incident (:mod:`clientflow.operations.incidents`): one alert when it starts, one
 recovery notice when a later check finds it gone, however many checks see it in between. One
@@ -19,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from clientflow.arrival.batches import waiting_since
+from clientflow.arrival.batches import incomplete_since, waiting_since
 from clientflow.config import PipelineSettings
 from clientflow.db import connect
 from clientflow.errors import PipelineError, Where
@@ -28,7 +31,7 @@ from clientflow.mapping import ClientMapping
 from clientflow.operations import alerts, incidents, ledger
 
 log = logging.getLogger(__name__)
-WATCHED = ("stale", "backlog", "failed_unreprocessed")
+WATCHED = ("stale", "backlog", "failed_unreprocessed", "incomplete")
 Sender = Callable[[Sequence[str], str, str], None]
 
 
@@ -52,6 +55,8 @@ def stale_limit(mapping: ClientMapping) -> timedelta | None:
 
 def _age(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
+    if hours < 1:
+        return f"{delta.total_seconds() / 60:.0f} min"
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
@@ -68,7 +73,10 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
     present: dict[str, str] = {}
     since = (now - timedelta(days=mapping.sweep_days)).date()
     with named(where, "listing the bucket for the watchdog"):
-        waiting = waiting_since(settings.s3.client(), settings.s3.bucket, mapping, since)
+        s3 = settings.s3.client()
+        waiting = waiting_since(s3, settings.s3.bucket, mapping, since)
+        partial = {run: missing for run, (at, missing) in incomplete_since(s3, settings.s3.bucket, mapping, since).items()
+                   if now - at > policy.incomplete_after}
     with connect(settings.staging, where, "reading the ledger for the watchdog") as conn:
         seen = ledger.seen_runs(conn, mapping.client, since)
         newest = conn.execute("select max(updated_at) from pipeline.batches where client_name = %s and state = 'SUCCESS'",
@@ -93,6 +101,10 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
     if failed and failed[0]:
         present["failed_unreprocessed"] = (f"{failed[0]} batch(es) FAILED and not reprocessed for longer than "
                                            f"{_age(policy.failed_after)}; the oldest since {failed[1]:%Y-%m-%d %H:%M} UTC")
+    if partial:
+        (oldest_day, oldest_run), missing = next(iter(partial.items()))
+        present["incomplete"] = (f"{len(partial)} upload(s) incomplete for longer than {_age(policy.incomplete_after)}; "
+                                 f"oldest {oldest_day} run {oldest_run}, missing {', '.join(missing)}")
     return Findings(mapping.client, present)
 
 

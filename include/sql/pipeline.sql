@@ -232,13 +232,17 @@ left join last_full f using (client_name, table_name);
 create table if not exists pipeline.incidents (
     incident_id     bigserial   primary key,
     client_name     text        not null,
-    kind            text        not null check (kind in ('failing', 'stale', 'backlog', 'failed_unreprocessed')),
+    kind            text        not null,
     detail          text        not null,
     opened_at       timestamptz not null default clock_timestamp(),
     closed_at       timestamptz,
     closed_how      text
 );
 create unique index if not exists incidents_open_idx on pipeline.incidents (client_name, kind) where closed_at is null;
+-- The kinds (clientflow.operations.incidents.KINDS); replaced as a whole when one is added.
+alter table pipeline.incidents drop constraint if exists incidents_kind_check;
+alter table pipeline.incidents add constraint incidents_kind_check
+    check (kind in ('failing', 'stale', 'backlog', 'failed_unreprocessed', 'incomplete'));
 
 -- How long each stage of each run took (clientflow.operations.timing): the status page and the
 -- metrics read it. transform is the span between ingest's end and validate's start, in which the

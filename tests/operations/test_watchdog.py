@@ -80,7 +80,7 @@ def test_stale_and_failed_batches_alert_once_then_recover(settings: Any, airflow
 
 
 def test_backlog_in_the_bucket_alerts_once(settings: Any, smtp_mailbox: Path) -> None:
-    mapping = mapping_for("watch_backlog", schedule=None, alerts={"backlog_after": "PT30M"})
+    mapping = mapping_for("watch_backlog", schedule=None, alerts={"backlog_after": "PT30M", "incomplete_after": "PT6H"})
     practice = Practice(settings, mapping.client)
     today = datetime.now(UTC).date()
     practice.write(today, "r1", tables(3))
@@ -90,10 +90,32 @@ def test_backlog_in_the_bucket_alerts_once(settings: Any, smtp_mailbox: Path) ->
     assert watchdog.watch(settings, [mapping], _send, now=now) == []  # waiting 0 min: not yet
     said = watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=1))
     assert said == [f"watch_backlog: backlog alert sent (1 complete batch(es) waiting in the bucket longer than "
-                    f"0.5 h, unseen by the ledger; oldest {today} run r1)"]
+                    f"30 min, unseen by the ledger; oldest {today} run r1)"]
     assert watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=2)) == []
     assert _mine(smtp_mailbox, before, mapping.client) == [
         ("ALERT", "[clientflow] ALERT watch_backlog: batches waiting unprocessed")]
+
+
+def test_an_upload_left_incomplete_alerts_once_and_recovers_when_the_retry_arrives(settings: Any,
+                                                                                   smtp_mailbox: Path) -> None:
+    mapping = mapping_for("watch_partial", schedule=None, alerts={"incomplete_after": "PT1H", "backlog_after": "PT12H"})
+    practice = Practice(settings, mapping.client)
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    practice.write(day, "r1", tables(3), skip_manifest=("visit",))  # the extractor died before this manifest
+    before = len(read_mail(smtp_mailbox))
+    now = datetime.now(UTC)
+    assert watchdog.watch(settings, [mapping], _send, now=now) == []  # may still be uploading
+    said = watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=2))
+    assert said == [f"watch_partial: incomplete alert sent (1 upload(s) incomplete for longer than 1.0 h; "
+                    f"oldest {day} run r1, missing visit/manifest.json)"]
+    assert watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=3)) == []  # once per incident
+    practice.write(day, "r2", tables(3))  # the client's finished retry supersedes the cut-off run
+    said = watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=4))
+    assert "watch_partial: incomplete recovered" in said
+    mails = _mine(smtp_mailbox, before, mapping.client)
+    assert mails[0] == ("ALERT", "[clientflow] ALERT watch_partial: uploads left incomplete")
+    assert "docs/runbook.md#incomplete-upload" in body_of(read_mail(smtp_mailbox)[before])
+    assert [kind for kind, _ in mails].count("ALERT") == 1 and mails[-1][0] == "RECOVERED"
 
 
 def test_an_alert_that_cannot_be_sent_is_tried_again_and_costs_no_other_client(settings: Any,
