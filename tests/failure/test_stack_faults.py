@@ -35,6 +35,7 @@ MAPPINGS = ROOT / ".stack" / "failure-mappings"
 MAIL = ROOT / ".stack" / "mail"
 UI = "http://127.0.0.1:8080"
 TODAY = datetime.now(UTC).date()
+INCOMPLETE_AFTER = 60  # seconds an upload may lack a file before the watchdog alerts
 
 
 def _day(days_ago: int) -> date:
@@ -158,8 +159,8 @@ def stack() -> None:
     MAPPINGS.mkdir(parents=True)
     text = (ROOT / "include" / "mappings" / "ehrlogic.yaml").read_text(encoding="utf-8")
     for client in (SMALL, BIG):
-        (MAPPINGS / f"{client}.yaml").write_text(text.replace("client: ehrlogic", f"client: {client}"),
-                                                 encoding="utf-8")
+        (MAPPINGS / f"{client}.yaml").write_text(text.replace("client: ehrlogic", f"client: {client}")
+                                                 + f"alerts:\n  incomplete_after: PT{INCOMPLETE_AFTER}S\n", encoding="utf-8")
     for command in ("down", "up"):
         subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=_env(), check=True)
     from bench.bench_e2e import reset_client
@@ -197,6 +198,37 @@ def test_an_upload_cut_off_mid_transfer_runs_nothing_and_its_finished_retry_runs
             "select e.state from pipeline.batch_events e join pipeline.batches b using (ingestion_id) "
             "where b.client_name = %s and b.batch_date = %s order by event_id", (SMALL, day))]
     assert events.count("SUCCESS") == 1, events
+    _reconciled(SMALL)
+
+
+def _watchdog_once() -> None:
+    before = len(_meta("select 1 from dag_run where dag_id = 'clientflow_watchdog'"))
+    _airflow("dags", "trigger", "clientflow_watchdog")
+    deadline = time.time() + 300
+    while True:
+        runs = _meta("select state from dag_run where dag_id = 'clientflow_watchdog' order by id")
+        if len(runs) > before and all(r[0] in ("success", "failed") for r in runs):
+            assert runs[-1][0] == "success", runs
+            return
+        assert time.time() < deadline, f"the watchdog's run did not end: {runs}"
+        time.sleep(3)
+
+
+def test_a_data_file_without_its_manifest_waits_and_after_its_deadline_alerts_once() -> None:
+    day = _day(7)
+    alerts_before = [m for m in read_mail(MAIL, "ALERT") if f"ALERT {SMALL}:" in m["Subject"]]
+    key = f"client={SMALL}/table=dim_patient/date={day:%Y%m%d}/run_id=nomanifest/data.json"
+    _aws("s3").put_object(Bucket=BUCKET, Key=key, Body=b"[]")
+    _airflow("dags", "unpause", "clientflow_watchdog")
+    _watchdog_once()  # within the deadline: nothing to say yet
+    time.sleep(INCOMPLETE_AFTER + 5)
+    _watchdog_once()
+    _watchdog_once()  # the same incident: no second alert
+    alerts = [m for m in read_mail(MAIL, "ALERT") if f"ALERT {SMALL}:" in m["Subject"]][len(alerts_before):]
+    assert [m["Subject"] for m in alerts] == [f"[clientflow] ALERT {SMALL}: uploads left incomplete"], alerts
+    assert f"{day} run nomanifest, missing" in body_of(alerts[0]) and "docs/runbook.md#incomplete-upload" in body_of(
+        alerts[0])
+    assert _batches(SMALL, day) == []  # the batch waits: nothing ran
     _reconciled(SMALL)
 
 
