@@ -185,8 +185,8 @@ def _status_database() -> Any:
     from clientflow.settings_file import connections
 
     c = connections()[ConnectionIds().status]
-    return PostgresSettings(host=c.get("host", "127.0.0.1"), port=int(c.get("port", 5432)), dbname=c.get("schema", ""),
-                            user=c.get("login", ""), password=c.get("password") or None)
+    return PostgresSettings.from_connection(c.get("host"), c.get("port"), c.get("schema"), c.get("login"),
+                                            c.get("password"), c.get("extra"))
 
 
 def _metrics_server(args: argparse.Namespace) -> int:

@@ -23,12 +23,28 @@ class PostgresSettings(BaseModel):
     user: str
     password: SecretStr | None = None
     application_name: str = "clientflow"
+    sslmode: str | None = None
+    """libpq's ``sslmode``: ``verify-full`` (with ``sslrootcert``) checks the server's certificate
+    and host name; unset, libpq's default (``prefer``)."""
+    sslrootcert: str | None = None
+    """The CA certificate file that signed the server's certificate."""
+
+    @classmethod
+    def from_connection(cls, host: str | None, port: int | str | None, schema: str | None, login: str | None,
+                        password: str | None, extra: dict[str, Any] | None = None) -> PostgresSettings:
+        """From an Airflow connection's fields (or airflow_settings.yaml's); TLS from its extras
+        ``sslmode`` and ``sslrootcert``, as the Postgres provider names them."""
+        extra = extra or {}
+        return cls(host=host or "127.0.0.1", port=int(port or 5432), dbname=schema or "", user=login or "",
+                   password=SecretStr(password) if password else None, sslmode=extra.get("sslmode"),
+                   sslrootcert=extra.get("sslrootcert"))
 
     def conninfo(self) -> str:
         secret = self.password.get_secret_value() if self.password else None
+        tls = {k: v for k, v in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert)) if v}
         return make_conninfo(
             host=self.host, port=self.port, dbname=self.dbname, user=self.user,
-            password=secret, application_name=self.application_name, connect_timeout=10,
+            password=secret, application_name=self.application_name, connect_timeout=10, **tls,
         )
 
     def describe(self) -> str:
@@ -70,6 +86,29 @@ class RedisSettings(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     key_prefix: str = "clientflow"
     lock_timeout_seconds: int = Field(default=3600, ge=10)
+    ssl_ca_certs: str | None = None
+    """With a ``rediss://`` URL: the CA certificate file that signed the server's certificate (the
+    certificate and its host name are then verified); unset, the system's CAs."""
+
+    @classmethod
+    def from_connection(cls, host: str | None, port: int | str | None, password: str | None,
+                        extra: dict[str, Any] | None = None) -> RedisSettings:
+        """From an Airflow Redis connection: extras ``db``, and ``ssl`` (true: TLS, ``rediss://``)
+        with ``ssl_ca_certs``, as the Redis provider names them."""
+        extra = extra or {}
+        tls = str(extra.get("ssl", "")).lower() in ("1", "true", "yes")
+        auth = f":{password}@" if password else ""
+        url = f"{'rediss' if tls else 'redis'}://{auth}{host or '127.0.0.1'}:{port or 6379}/{extra.get('db', 0)}"
+        return cls(url=SecretStr(url), ssl_ca_certs=extra.get("ssl_ca_certs") if tls else None)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``redis.Redis.from_url`` besides the URL."""
+        options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 10}
+        if self.url.get_secret_value().startswith("rediss://"):
+            options |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if self.ssl_ca_certs:
+                options["ssl_ca_certs"] = self.ssl_ca_certs
+        return options
 
 
 class ConnectionIds(BaseModel):
@@ -106,9 +145,8 @@ class PipelineSettings(BaseModel):
 
         def pg(conn_id: str) -> PostgresSettings:
             c = conns[conn_id]
-            return PostgresSettings(host=c.get("host", "127.0.0.1"), port=int(c.get("port", 5432)),
-                                    dbname=c.get("schema", ""), user=c.get("login", ""),
-                                    password=c.get("password") or None)
+            return PostgresSettings.from_connection(c.get("host"), c.get("port"), c.get("schema"), c.get("login"),
+                                                    c.get("password"), c.get("extra"))
 
         s3, redis = conns[ids.s3], conns[ids.redis]
         extra = s3.get("extra", {})
@@ -117,8 +155,8 @@ class PipelineSettings(BaseModel):
             s3=S3Settings(bucket=extra["bucket"], endpoint_url=extra.get("endpoint_url"),
                           region_name=extra.get("region_name", "us-east-1"),
                           access_key_id=s3.get("login") or None, secret_access_key=s3.get("password") or None),
-            redis=RedisSettings(url=SecretStr(f"redis://{redis.get('host', '127.0.0.1')}:{redis.get('port', 6379)}/"
-                                              f"{redis.get('extra', {}).get('db', 0)}")),
+            redis=RedisSettings.from_connection(redis.get("host"), redis.get("port"), redis.get("password"),
+                                                redis.get("extra")),
         )
 
     @classmethod
@@ -130,16 +168,12 @@ class PipelineSettings(BaseModel):
 
         def pg(conn_id: str) -> PostgresSettings:
             conn = Connection.get(conn_id)
-            return PostgresSettings(
-                host=conn.host or "127.0.0.1", port=conn.port or 5432, dbname=conn.schema or "",
-                user=conn.login or "", password=conn.password or None,
-            )
+            return PostgresSettings.from_connection(conn.host, conn.port, conn.schema, conn.login, conn.password,
+                                                    conn.extra_dejson)
 
         s3 = Connection.get(ids.s3)
         extra = s3.extra_dejson
         redis = Connection.get(ids.redis)
-        redis_db = redis.extra_dejson.get("db", 0)
-        auth = f":{redis.password}@" if redis.password else ""
         return cls(
             staging=pg(ids.staging),
             production=pg(ids.production),
@@ -150,7 +184,5 @@ class PipelineSettings(BaseModel):
                 access_key_id=s3.login or None,
                 secret_access_key=s3.password or None,
             ),
-            redis=RedisSettings(
-                url=SecretStr(f"redis://{auth}{redis.host or '127.0.0.1'}:{redis.port or 6379}/{redis_db}")
-            ),
+            redis=RedisSettings.from_connection(redis.host, redis.port, redis.password, redis.extra_dejson),
         )

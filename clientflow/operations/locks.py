@@ -51,9 +51,7 @@ class LockReleased(LockLost):
 
 
 def _client(settings: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.url.get_secret_value(), socket_timeout=10, socket_connect_timeout=10
-    )
+    return redis.Redis.from_url(settings.url.get_secret_value(), **settings.client_options())
 
 
 def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str, holder: str) -> ClientLock:

@@ -107,8 +107,8 @@ def status_database() -> PostgresSettings:
     from airflow.models.connection import Connection
 
     conn = Connection.get_connection_from_secrets(STATUS_CONN_ID)
-    return PostgresSettings(host=conn.host or "127.0.0.1", port=conn.port or 5432, dbname=conn.schema or "",
-                            user=conn.login or "", password=conn.password or None)
+    return PostgresSettings.from_connection(conn.host, conn.port, conn.schema, conn.login, conn.password,
+                                            conn.extra_dejson)
 
 
 def _clients(conn: Any) -> list[str]:
