@@ -177,15 +177,51 @@ def log_context(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     return callback
 
 
+_renewers: dict[tuple[str, str, int], Any] = {}
+"""The running task's lock renewer, by (run id, task id, map index): started before the task body,
+stopped after it (clientflow.operations.locks.Renewer)."""
+
+
+def _task_key(context: dict[str, Any]) -> tuple[str, str, int]:
+    ti = context["ti"]
+    return str(context["run_id"]), str(ti.task_id), int(getattr(ti, "map_index", -1) or -1)
+
+
+def keep_lock(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
+    """Every task's second ``on_execute_callback``: while the task runs, the client's lock, if this
+    run holds it, does not expire (a long load or dbt model outlasting ``lock_timeout_seconds``)."""
+
+    def callback(context: dict[str, Any]) -> None:
+        from clientflow.operations import locks
+
+        try:
+            settings = _settings()
+        except Exception as err:  # noqa: BLE001 - the task itself reports a missing connection
+            log.warning("[client=%s] no lock renewal: %s", mapping.client, type(err).__name__)
+            return
+        renewer = locks.Renewer(settings.redis, mapping.client, str(context["run_id"]))
+        _renewers[_task_key(context)] = renewer
+        renewer.start()
+
+    return callback
+
+
+def stop_keeping_lock(context: dict[str, Any]) -> None:
+    renewer = _renewers.pop(_task_key(context), None)
+    if renewer is not None:
+        renewer.stop()
+
+
 def log_result(_mapping: ClientMapping) -> Callable[..., None]:
     """Every task's ``post_execute`` hook: a task body runs in a copy of the log context (Airflow's
     task runner), so the job id that ``ingest`` named inside it is bound again here, for the
     lines Airflow writes after the body (the XCom push, the task's end)."""
 
-    def hook(_context: dict[str, Any], result: Any = None) -> None:
+    def hook(context: dict[str, Any], result: Any = None) -> None:
         from clientflow.batch import Batch
         from clientflow.operations import logcontext
 
+        stop_keeping_lock(context)
         if isinstance(result, dict) and result.get("ingestion_id") and result.get("date"):
             try:
                 logcontext.bind_job(Batch.from_xcom(result))
@@ -203,6 +239,7 @@ def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
         from clientflow import pipeline
         from clientflow.operations import alerts
 
+        stop_keeping_lock(context)  # the lock is released below: nothing to renew any more
         try:
             pipeline.mark_failed(_settings(), known_batch(context["ti"]), alerts.safe_reason(context.get("exception")),
                                  airflow_run_id=context["run_id"])

@@ -69,9 +69,10 @@ def _default_args(mapping: ClientMapping) -> dict[str, Any]:
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
-        "on_execute_callback": edge.log_context(mapping),
+        "on_execute_callback": [edge.log_context(mapping), edge.keep_lock(mapping)],
         "post_execute": edge.log_result(mapping),
         "on_failure_callback": edge.on_failure(mapping),
+        "on_retry_callback": edge.stop_keeping_lock,
     }
 
 

@@ -7,10 +7,17 @@ the client (``check``, which holds the fence row until commit; dbt models do the
 pre-hook, ``dbt/macros/fence_check.sql``); a stale holder's commit is refused.
 The lock spans ingest -> transform -> validate -> promote of one batch; it is released by
 ``promote``, by a failing ``ingest`` and by the failure callback (``pipeline.mark_failed``).
+
+While a task of the run that holds the lock is alive, a :class:`Renewer` thread in its process
+resets the lock's expiry every third of ``lock_timeout_seconds``: a batch whose load and transform
+outlast the timeout keeps its lock, while the lock of a run whose process died expires one timeout
+after its last renewal.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from typing import Any
 
@@ -20,6 +27,8 @@ import redis
 from clientflow.batch import ClientLock
 from clientflow.config import RedisSettings
 from clientflow.errors import PermanentError, TransientError, Where
+
+log = logging.getLogger(__name__)
 
 # Release only if we still hold it (compare-and-delete).
 _RELEASE = """
@@ -119,6 +128,44 @@ def retire(conn: psycopg.Connection[Any], lock: ClientLock) -> None:
     """The run's batch failed: its token may not write again, even if no other run takes the client."""
     conn.execute("update pipeline.client_fence set released = true where client_name = %s and token = %s",
                  (lock.client, lock.token))
+
+
+# Reset the expiry if the lock is held by this run (ARGV[1]); 1 if it was.
+_RENEW = """
+local current = redis.call('get', KEYS[1])
+if current and select(3, string.find(current, '^[^:]*:[^:]*:(.*)$')) == ARGV[1] then
+  redis.call('expire', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def renew(settings: RedisSettings, client: str, holder: str) -> bool:
+    """Push the lock's expiry one timeout ahead if ``holder`` (an Airflow run id) holds it."""
+    return bool(_client(settings).eval(_RENEW, 1, f"{settings.key_prefix}:lock:{client}", holder,
+                                       settings.lock_timeout_seconds))
+
+
+class Renewer(threading.Thread):
+    """Renews the client's lock for ``holder`` until :meth:`stop` (or the process's end: a daemon)."""
+
+    def __init__(self, settings: RedisSettings, client: str, holder: str) -> None:
+        super().__init__(name=f"clientflow-lock-renewer-{client}", daemon=True)
+        self.settings, self.client, self.holder = settings, client, holder
+        self.interval = max(1.0, settings.lock_timeout_seconds / 3)
+        self.renewals = 0
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.renewals += renew(self.settings, self.client, self.holder)
+            except redis.RedisError as exc:  # Redis away: try again next time; the fence stays the guard
+                log.warning("[client=%s] could not renew the client lock: %s", self.client, type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 def release(settings: RedisSettings, lock: ClientLock) -> None:

@@ -283,3 +283,31 @@ def test_a_task_cleared_alone_after_its_batch_failed_cannot_write(settings: Any)
     rerun = run_batch(settings, mapping, found, holder="run_one")  # cleared from ingest: a new token
     assert rerun.require_lock().token > batch.require_lock().token
     assert len(production_rows(settings, mapping.client, "patients")) == 3
+
+
+def test_a_live_holder_keeps_its_lock_past_the_timeout_and_a_dead_one_loses_it(settings: Any) -> None:
+    """The renewer a task runs beside its body: the lock outlives its 10 s timeout while the holder
+    lives; once it stops (the process died), the lock expires one timeout later."""
+    short = settings.redis.model_copy(update={"lock_timeout_seconds": 10})
+    client = "renewed"
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        lock = locks.acquire(short, conn, client, holder="run-A")
+    renewer = locks.Renewer(short, client, "run-A")
+    assert renewer.interval == pytest.approx(10 / 3)
+    renewer.start()
+    try:
+        time.sleep(14)  # longer than the timeout
+        assert _redis(settings).get(f"{short.key_prefix}:lock:{client}").decode() == lock.holder
+        assert renewer.renewals >= 3
+        with psycopg.connect(settings.staging.conninfo()) as conn, pytest.raises(LockBusy):
+            locks.acquire(short, conn, client, holder="run-B")
+        assert not locks.renew(short, client, "run-B")  # another run's renewer never extends it
+    finally:
+        renewer.stop()
+    renewer.join(5)
+    time.sleep(11)  # one timeout after the last renewal
+    assert _redis(settings).get(f"{short.key_prefix}:lock:{client}") is None
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        taken = locks.acquire(short, conn, client, holder="run-B")
+    assert taken.token > lock.token
+    locks.release(short, taken)

@@ -5,10 +5,12 @@ dag.test() on real PostgreSQL, Redis, S3 and SMTP:
 
 - the staging models refuse it (a date no format reads): it is recorded in pipeline.rejects by
   row, column and rule, and the batch stops at the rejects gate;
-- PostgreSQL refuses it inside dbt (a CHECK that dummy production has and the staging models do
-  not know of, the way a production change made outside the project would be): PostgreSQL quotes
-  the row in its message ('Failing row contains (...)'), dbt prints it, Cosmos copies dbt's
-  output into the task log; the scrubber removes it.
+- PostgreSQL refuses it inside dbt, by a rule dummy production has and the staging models do not
+  know of (the way a production change made outside the project would be): a CHECK ('Failing row
+  contains (...)'), a cast ('invalid input syntax for type integer: "..."'), a unique index and a
+  foreign key ('Key (...)=(...)'). PostgreSQL quotes the value, dbt prints it, Cosmos copies dbt's
+  output into the task log; the scrubber removes it. The task logs, the ledger, the XComs, the
+  status page and the email hold none of it.
 """
 
 from __future__ import annotations
@@ -29,15 +31,41 @@ from tests.support.practice import Practice, mapping_for, production_rows, table
 SECRET = "Zelmira-Quocknell"  # stands for a patient's value
 
 
-@pytest.fixture
-def unknown_check(settings: Any) -> Iterator[None]:
-    """A CHECK on dummy production the declaration does not have (only for new rows: NOT VALID)."""
+# Rules dummy production has and the staging models do not know of, the way a change made outside
+# the project would be; each makes PostgreSQL refuse the secret value with a message that quotes it.
+OUTSIDE_RULES = {
+    "check": (["alter table practice.patients add constraint outside_rule check (last_name not like 'Zelmira%') "
+               "not valid"],
+              ["alter table practice.patients drop constraint outside_rule"],
+              "violates check constraint"),  # 'Failing row contains (...)'
+    "cast": (["create function practice.outside_cast() returns trigger language plpgsql as $$ begin "
+              "if new.client_id = 'privacy_cast' then perform new.last_name::integer; end if; return new; end $$",
+              "create trigger outside_cast before insert or update on practice.patients for each row "
+              "execute function practice.outside_cast()"],
+             ["drop trigger outside_cast on practice.patients", "drop function practice.outside_cast()"],
+             "invalid input syntax for type integer"),  # '...: "<value>"'
+    "unique": (["create unique index outside_unique on practice.patients (last_name) where client_id = 'privacy_unique'"],
+               ["drop index practice.outside_unique"],
+               "duplicate key value violates unique constraint"),  # 'Key (last_name)=(<value>) already exists.'
+    "foreign_key": (["create table practice.outside_names (name text primary key)",
+                     "alter table practice.patients add constraint outside_fk foreign key (last_name) "
+                     "references practice.outside_names (name) not valid"],
+                    ["alter table practice.patients drop constraint outside_fk", "drop table practice.outside_names"],
+                    "violates foreign key constraint"),  # 'Key (last_name)=(<value>) is not present ...'
+}
+
+
+@pytest.fixture(params=sorted(OUTSIDE_RULES))
+def outside_rule(request: pytest.FixtureRequest, settings: Any) -> Iterator[tuple[str, str]]:
+    kind = request.param
+    make, undo, message = OUTSIDE_RULES[kind]
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        conn.execute("alter table practice.patients add constraint outside_rule "
-                     "check (last_name not like 'Zelmira%') not valid")
-    yield
+        for statement in make:
+            conn.execute(statement)
+    yield kind, message
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        conn.execute("alter table practice.patients drop constraint outside_rule")
+        for statement in undo:
+            conn.execute(statement)
 
 
 def _run_and_read(settings: Any, client: str, data: dict[str, Any], smtp_mailbox: Path,
@@ -82,19 +110,45 @@ def test_a_refused_value_is_recorded_by_row_and_rule_only(settings: Any, airflow
         assert SECRET not in text
 
 
-def test_a_value_postgresql_refuses_stays_out_of_logs_and_email(settings: Any, airflow_db: Path, smtp_mailbox: Path,
-                                                                caplog: pytest.LogCaptureFixture,
-                                                                capfd: pytest.CaptureFixture[str],
-                                                                unknown_check: None) -> None:
+def _xcoms_and_status_page(settings: Any, client: str) -> str:
+    """Every XCom of the client's DAG runs, and the status page's JSON and HTML of the client."""
+    from airflow.utils.session import create_session
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+    from sqlalchemy import text
+
+    from clientflow.operations.status_page import create_app
+
+    with create_session() as session:
+        xcoms = session.execute(text("select value from xcom where dag_id = :dag"), {"dag": f"client_{client}"}).all()
+    role = settings.staging.model_copy(update={"user": "clientflow_status", "password": SecretStr("local-only-status")})
+    page = TestClient(create_app(database=lambda: role, auth=lambda: None))
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        (batch,) = conn.execute("select ingestion_id from pipeline.batches where client_name = %s", (client,)).fetchone()
+    shown = [page.get(path).text for path in (f"/api/clients/{client}", f"/clients/{client}", f"/batches/{batch}",
+                                             f"/api/batches/{batch}")]
+    assert all(f"{client}" in text_ or batch in text_ for text_ in shown)
+    return repr(xcoms) + "".join(shown)
+
+
+def test_a_value_postgresql_refuses_stays_out_of_logs_xcoms_status_page_and_email(
+        settings: Any, airflow_db: Path, smtp_mailbox: Path, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str], outside_rule: tuple[str, str]) -> None:
+    kind, message = outside_rule
+    client = f"privacy_{kind}"
     data = tables(3)
     data["person"][1]["pt_last"] = SECRET
-    dag_run, logged, mails = _run_and_read(settings, "privacy_check", data, smtp_mailbox, caplog, capfd)
+    if kind == "unique":
+        data["person"][2]["pt_last"] = SECRET  # two rows with the same value: PostgreSQL quotes the key
+    dag_run, logged, mails = _run_and_read(settings, client, data, smtp_mailbox, caplog, capfd)
 
     assert dag_run.state == "failed"
-    assert production_rows(settings, "privacy_check", "patients") == {}
-    assert "violates check constraint" in logged  # on-call still learns what kind of value was refused
+    assert production_rows(settings, client, "patients") == {}
+    assert message in logged  # on-call still learns what kind of value was refused
     assert len(mails) == 1
-    for text in (logged, body_of(mails[0]), _ledger_and_rejects(settings, "privacy_check")):
-        assert SECRET not in text
+    for where, text_ in (("task logs", logged), ("email", body_of(mails[0])),
+                         ("ledger", _ledger_and_rejects(settings, client)),
+                         ("xcoms and status page", _xcoms_and_status_page(settings, client))):
+        assert SECRET not in text_, where
     with psycopg.connect(settings.staging.conninfo()) as conn:  # the failed batch left nothing behind
-        assert conn.execute("select count(*) from practice.patients where client_id = 'privacy_check'").fetchone() == (0,)
+        assert conn.execute("select count(*) from practice.patients where client_id = %s", (client,)).fetchone() == (0,)
