@@ -36,6 +36,7 @@ MAIL = ROOT / ".stack" / "mail"
 UI = "http://127.0.0.1:8080"
 TODAY = datetime.now(UTC).date()
 INCOMPLETE_AFTER = 60  # seconds an upload may lack a file before the watchdog alerts
+LOCK_TIMEOUT = 30  # seconds a client's lock outlives its last renewal, on this suite's stack
 
 
 def _day(days_ago: int) -> date:
@@ -43,7 +44,7 @@ def _day(days_ago: int) -> date:
 
 
 def _env() -> dict[str, str]:
-    return {**_stack_env(), "CLIENTFLOW_MAPPINGS_DIR": str(MAPPINGS)}
+    return {**_stack_env(), "CLIENTFLOW_MAPPINGS_DIR": str(MAPPINGS), "CLIENTFLOW_LOCK_TIMEOUT_SECONDS": str(LOCK_TIMEOUT)}
 
 
 def _meta(query: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -131,9 +132,9 @@ def _failure_mails(client: str, day: date) -> list[Any]:
     return [m for m in read_mail(MAIL, "FAILED") if f"FAILED {client} batch {day}" in m["Subject"]]
 
 
-def _terminate(database: str, pattern: str, timeout: float = 300) -> str:
+def _terminate(database: str, pattern: str, timeout: float = 300, *, kill: bool = True) -> str:
     """Terminate the first backend of ``database`` whose query matches ``pattern`` (polled every
-    50 ms); the query it was running."""
+    50 ms; with ``kill=False`` only wait for it); the query it was running."""
     deadline = time.time() + timeout
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
         while time.time() < deadline:
@@ -141,7 +142,8 @@ def _terminate(database: str, pattern: str, timeout: float = 300) -> str:
                                 "pid <> pg_backend_pid() and state = 'active' and query ilike %s limit 1",
                                 (database, pattern)).fetchone()
             if row:
-                admin.execute("select pg_terminate_backend(%s)", (row[0],))
+                if kill:
+                    admin.execute("select pg_terminate_backend(%s)", (row[0],))
                 return str(row[1])
             time.sleep(0.05)
     raise AssertionError(f"no backend of {database} ran {pattern!r} within {timeout} s")
@@ -316,4 +318,62 @@ def test_a_promotion_killed_mid_transaction_leaves_production_as_it_was() -> Non
     assert _tries(BIG, run, "promote") >= 2
     changed = _production(BIG, "select count(*) from practice.patients where client_id = %s and last_name like '%%-2'")
     assert changed == [(SOURCES[BIG][1],)]
+    _reconciled(BIG)
+
+
+def test_a_manual_run_and_a_backfill_of_the_same_batch_at_once_have_one_writer() -> None:
+    day = _day(6)
+    with _quietly():
+        _extract(SMALL, day, "both")
+        _trigger(SMALL, day, "both")
+        _airflow("backfill", "create", "--dag-id", f"client_{SMALL}", "--from-date", day.isoformat(),
+                 "--to-date", day.isoformat())
+        _wait_state(SMALL, day, "SUCCESS")
+        _settled(SMALL)
+    with psycopg.connect(f"{PG}/clientflow_staging") as conn:
+        events = [r[0] for r in conn.execute(
+            "select e.state from pipeline.batch_events e join pipeline.batches b using (ingestion_id) "
+            "where b.client_name = %s and b.batch_date = %s order by event_id", (SMALL, day))]
+    assert events.count("SUCCESS") == 1 and events.count("PROCESSING") == 1, events  # one writer
+    backfilled = _meta("select state from dag_run where dag_id = %s and run_type = 'backfill' and "
+                       "logical_date::date = %s", f"client_{SMALL}", day)
+    assert backfilled == [("success",)], backfilled  # the other run found the batch done: a DUPLICATE
+    _reconciled(SMALL)
+
+
+def test_redis_connections_killed_mid_load_cost_nothing() -> None:
+    day = _day(11)
+    _source(BIG, "update dim_patient set pt_last_nm = pt_last_nm || '-3' where pt_id % 100 = 0")
+    with _quietly():
+        _extract(BIG, day, "big3")
+        _trigger(BIG, day, "big3")
+        _terminate("clientflow_staging", "copy %raw%from stdin%", kill=False)
+        killed = subprocess.run(["redis-cli", "-p", "6379", "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        print(f"killed {killed} Redis client connection(s) during the raw load")
+        _wait_state(BIG, day, "SUCCESS", timeout=900)
+        _settled(BIG)
+    assert [s for _r, s in _batches(BIG, day)] == ["SUCCESS"]
+    _reconciled(BIG)
+
+
+def test_a_batch_outlasting_the_lock_timeout_keeps_its_lock_while_its_tasks_run() -> None:
+    day = _day(10)
+    _source(BIG, "update dim_patient set pt_last_nm = pt_last_nm || '-4' where pt_id % 10 = 0")
+    with _quietly():
+        _extract(BIG, day, "big4")
+        run = _trigger(BIG, day, "big4")
+        _wait_state(BIG, day, "SUCCESS", timeout=900)
+        _settled(BIG)
+    with psycopg.connect(f"{PG}/clientflow_staging") as conn:
+        (began, ended) = conn.execute(
+            "select min(e.at), max(e.at) filter (where e.state = 'SUCCESS') from pipeline.batch_events e "
+            "join pipeline.batches b using (ingestion_id) where b.client_name = %s and b.batch_date = %s",
+            (BIG, day)).fetchone()
+    held = (ended - began).total_seconds()
+    print(f"the batch held the client's lock {held:.0f} s with a lock timeout of {LOCK_TIMEOUT} s")
+    assert held > LOCK_TIMEOUT
+    tries = _meta("select task_id, try_number from task_instance where dag_id = %s and run_id = %s "
+                  "and try_number > 1", f"client_{BIG}", run)
+    assert tries == [], tries  # nothing lost the lock and had to try again
     _reconciled(BIG)
