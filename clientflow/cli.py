@@ -318,6 +318,17 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _airflow_password() -> str | None:
+    """The Airflow login's password for the REST API, or None (said on stderr) if not set."""
+    import os
+
+    password = os.environ.get("CLIENTFLOW_AIRFLOW_PASSWORD")
+    if password is None:
+        print("set CLIENTFLOW_AIRFLOW_PASSWORD (and CLIENTFLOW_AIRFLOW_USER) to the Airflow login that may "
+              "trigger runs; the local stack's is admin / admin", file=sys.stderr)
+    return password
+
+
 def _reprocess(args: argparse.Namespace) -> int:
     import os
     from datetime import date
@@ -335,10 +346,8 @@ def _reprocess(args: argparse.Namespace) -> int:
         print(f"would trigger {dag_id} with {json.dumps(conf)} "
               f"(or: airflow dags trigger {dag_id} --conf '{json.dumps(conf)}')")
         return 0
-    password = os.environ.get("CLIENTFLOW_AIRFLOW_PASSWORD")
+    password = _airflow_password()
     if password is None:
-        print("set CLIENTFLOW_AIRFLOW_PASSWORD (and CLIENTFLOW_AIRFLOW_USER) to the Airflow login that may "
-              "trigger runs; the local stack's is admin / admin", file=sys.stderr)
         return 2
     try:
         run_id = oncall.trigger(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password,
@@ -372,10 +381,8 @@ def _restore(args: argparse.Namespace) -> int:
         print("--by and --reason are required: they are recorded in the ledger with each re-offered batch",
               file=sys.stderr)
         return 2
-    password = os.environ.get("CLIENTFLOW_AIRFLOW_PASSWORD")
+    password = _airflow_password()
     if password is None:
-        print("set CLIENTFLOW_AIRFLOW_PASSWORD (and CLIENTFLOW_AIRFLOW_USER) to the Airflow login that may "
-              "trigger runs; the local stack's is admin / admin", file=sys.stderr)
         return 2
     try:
         replays, copied = restore.prepare(settings, args.client, by=args.by, reason=args.reason, since=since)
