@@ -122,8 +122,6 @@ def ingest(
     """
     with named(found.where(), "reading the manifests"):
         arrived = read_manifests(settings.s3.client(), settings.s3.bucket, found)
-    for table in arrived:
-        registry.check_mapped_columns(mapping, table.manifest, found.where(table.files.table, table.files.manifest_key))
     ingestion_id = ledger.ingestion_id_for(found.client, found.day, [t.manifest.job_id for t in arrived])
     batch = replace(found, ingestion_id=ingestion_id)
     logcontext.bind_job(batch)
@@ -137,6 +135,12 @@ def ingest(
             locks.check(conn, lock)
             ledger.record_batch(conn, ingestion_id, arrived, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                 fence_token=lock.token)
+        # A mapped column renamed or removed stops the batch here, before anything is loaded; the
+        # batch is in the ledger, so the failure callback records it FAILED (one email, and the
+        # sweep does not take it up again) and `clientflow reprocess` runs it after the fix.
+        for table in arrived:
+            registry.check_mapped_columns(mapping, table.manifest, batch.where(table.files.table,
+                                                                               table.files.manifest_key))
         loaded = _load(settings, mapping, batch, arrived, airflow_run_id)
     except BaseException:
         _release_quietly(settings, lock)

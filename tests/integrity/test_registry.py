@@ -51,9 +51,13 @@ def test_renamed_mapped_column_stops_the_batch_before_dbt(settings: Any, mode: s
     assert "table=person" in message and "stopped before transformation" in message
     assert raw_counts(settings, mapping.client, "person") == {earlier.ingestion_id: 3}
     assert _versions(settings, mapping.client) == versions
+    with psycopg.connect(settings.staging.conninfo()) as conn:  # in the ledger, for the failure callback
+        assert conn.execute("select state from pipeline.batches where client_name = %s and batch_date = %s",
+                            (mapping.client, date(2026, 6, 2))).fetchall() == [("PENDING",)]
+    pipeline.mark_failed(settings, renamed, "drift", airflow_run_id="drift")  # what the callback does
     with psycopg.connect(settings.staging.conninfo()) as conn:
-        assert conn.execute("select count(*) from pipeline.batches where client_name = %s and batch_date = %s",
-                            (mapping.client, date(2026, 6, 2))).fetchone()[0] == 0
+        assert conn.execute("select state from pipeline.batches where client_name = %s and batch_date = %s",
+                            (mapping.client, date(2026, 6, 2))).fetchall() == [("FAILED",)]
 
 
 def test_rename_through_the_dag_fails_without_retries(settings: Any, airflow_db: Path, smtp_mailbox: Path) -> None:
@@ -72,6 +76,9 @@ def test_rename_through_the_dag_fails_without_retries(settings: Any, airflow_db:
     mails = read_mail(smtp_mailbox)[mail_before:]
     assert len(mails) == 1
     assert "probably renamed to 'dob'" in body_of(mails[0])
+    with psycopg.connect(settings.staging.conninfo()) as conn:  # FAILED: reprocessed once the mapping is fixed
+        assert conn.execute("select state from pipeline.batches where client_name = %s",
+                            (mapping.client,)).fetchall() == [("FAILED",)]
 
 
 def _manifest(client: str, columns: list[tuple[str, str]]) -> Manifest:
