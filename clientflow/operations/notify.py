@@ -26,6 +26,26 @@ def _settings() -> Any:
     return settings()
 
 
+def _with_ledger_id(batch: Any) -> Any:
+    """The batch with its ingestion id from the ledger, when the task failed after recording the
+    batch but before handing it on (a load's checksum, a renamed column): the email names it."""
+    if batch is None or batch.ingestion_id or not batch.run_id:
+        return batch
+    from dataclasses import replace
+
+    from clientflow.db import connect
+
+    try:
+        with connect(_settings().staging, batch.where(), "reading the batch's ingestion id") as conn:
+            row = conn.execute("select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
+                               "and run_id = %s order by updated_at desc limit 1",
+                               (batch.client, batch.day, batch.run_id)).fetchone()
+    except Exception as err:  # noqa: BLE001 - the email goes out without it
+        log.warning("[client=%s] the failure email names no ingestion id: %s", batch.client, type(err).__name__)
+        return batch
+    return replace(batch, ingestion_id=row[0]) if row else batch
+
+
 class BatchFailureEmail(BaseNotifier):
     """One email per failed batch to the client's owners: what failed, what was kept, the log,
     the runbook step; never a value."""
@@ -41,7 +61,7 @@ class BatchFailureEmail(BaseNotifier):
         ti = context["ti"]
         subject, body = alerts.compose(alerts.Failure(
             dag_id=ti.dag_id, task_id=ti.task_id, airflow_run_id=context["run_id"], try_number=ti.try_number,
-            client=self.client, batch=known_batch(ti), exception=context.get("exception"),
+            client=self.client, batch=_with_ledger_id(known_batch(ti)), exception=context.get("exception"),
             log_url=getattr(ti, "log_url", None),
         ))
         alerts.send(self.smtp_conn_id, self.owners, subject, body)

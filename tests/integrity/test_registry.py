@@ -79,6 +79,9 @@ def test_rename_through_the_dag_fails_without_retries(settings: Any, airflow_db:
     with psycopg.connect(settings.staging.conninfo()) as conn:  # FAILED: reprocessed once the mapping is fixed
         assert conn.execute("select state from pipeline.batches where client_name = %s",
                             (mapping.client,)).fetchall() == [("FAILED",)]
+        (ingestion_id,) = conn.execute("select ingestion_id from pipeline.batches where client_name = %s",
+                                       (mapping.client,)).fetchone()
+    assert f"job {ingestion_id}:" in mails[0]["Subject"]  # the email names the batch the ledger knows
 
 
 def _manifest(client: str, columns: list[tuple[str, str]]) -> Manifest:
