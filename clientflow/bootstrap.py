@@ -124,6 +124,8 @@ def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outd
                 sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)
             )
         )
+        conn.execute(sql.SQL("grant execute on function {}.refresh_statistics(text) to {}").format(
+            sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)))
     log.info("bootstrapped staging=%s production=%s", staging_db, production_db)
 
 

@@ -102,6 +102,13 @@ def _merge(production: psycopg.Connection[Any], name: str, incoming: str) -> tup
     return inserted, updated
 
 
+def _refresh_statistics(production: psycopg.Connection[Any], name: str) -> None:
+    """ANALYZE of one production table, through the owner's function (include/sql/production_rls.sql):
+    after a first load or a large change set, the next promotion's plans need the new figures. It
+    sees this transaction's own rows, and its statistics commit (or roll back) with the promotion."""
+    production.execute("select practice.refresh_statistics(%s)", (name,))
+
+
 def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Composable, where: Where) -> None:
     """Every foreign key of ``rows`` (the batch's rows of ``name``) names a parent in production."""
     for fk in entity(name).parents:
@@ -132,6 +139,7 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
         cols = _names(entity(name).production_columns)
         offered = production.execute(sql.SQL("insert into {} ({}) select {} from {}").format(
             target, cols, cols, sql.Identifier(incoming))).rowcount
+        _refresh_statistics(production, name)
         written = sql.SQL("(select * from {} where client_id = {} and ingestion_id = {})").format(
             target, sql.Literal(client), sql.Literal(ingestion_id))
         # The statistics still say the client has no rows (the promoter may not ANALYZE production's
@@ -148,6 +156,8 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
     if small:  # one primary-key lookup per changed row, not a scan of the client's whole table
         production.execute("set local enable_hashjoin = off; set local enable_mergejoin = off")
     inserted, updated = _merge(production, name, incoming)
+    if not small:
+        _refresh_statistics(production, name)
     if small:
         production.execute("set local enable_hashjoin = on; set local enable_mergejoin = on")
     return offered, inserted, updated
