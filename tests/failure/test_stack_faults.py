@@ -36,7 +36,7 @@ MAIL = ROOT / ".stack" / "mail"
 UI = "http://127.0.0.1:8080"
 TODAY = datetime.now(UTC).date()
 INCOMPLETE_AFTER = 60  # seconds an upload may lack a file before the watchdog alerts
-LOCK_TIMEOUT = 30  # seconds a client's lock outlives its last renewal, on this suite's stack
+LOCK_TIMEOUT = 12  # seconds a client's lock outlives its last renewal, on this suite's stack
 
 
 def _day(days_ago: int) -> date:
