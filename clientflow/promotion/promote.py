@@ -142,9 +142,9 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
         _refresh_statistics(production, name)
         written = sql.SQL("(select * from {} where client_id = {} and ingestion_id = {})").format(
             target, sql.Literal(client), sql.Literal(ingestion_id))
-        # The statistics still say the client has no rows (the promoter may not ANALYZE production's
-        # tables), and with them the planner probes every parent row once per child row: a
-        # first load is the client's whole data, so the check is a hash anti join.
+        # A first load is the client's whole data, so the check is a hash anti join (forced: with
+        # the statistics of before the load, measured before they were refreshed above, the
+        # planner probed every parent row once per child row).
         production.execute("set local enable_nestloop = off")
         _check_parents(production, name, written, where)
         production.execute("set local enable_nestloop = on")
@@ -156,10 +156,10 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
     if small:  # one primary-key lookup per changed row, not a scan of the client's whole table
         production.execute("set local enable_hashjoin = off; set local enable_mergejoin = off")
     inserted, updated = _merge(production, name, incoming)
-    if not small:
-        _refresh_statistics(production, name)
     if small:
         production.execute("set local enable_hashjoin = on; set local enable_mergejoin = on")
+    else:
+        _refresh_statistics(production, name)
     return offered, inserted, updated
 
 

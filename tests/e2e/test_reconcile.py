@@ -9,14 +9,12 @@ the reconciliation names the batch, the entity and the stage.
 
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from clientflow import cli
 from clientflow.mapping import load_mapping
@@ -25,7 +23,6 @@ from tests.support import e2e
 from tests.support.dags import test_client_dag
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 CLIENT = "reconcileco"
 FIRST, REFUSED, WAITING = date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)
 PATIENTS = 120
@@ -34,8 +31,7 @@ PATIENTS = 120
 @pytest.fixture(scope="module")
 def mappings_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("mappings")
-    text = (ROOT / "include" / "mappings" / "ehrlogic.yaml").read_text(encoding="utf-8")
-    (directory / f"{CLIENT}.yaml").write_text(text.replace("client: ehrlogic", f"client: {CLIENT}"), encoding="utf-8")
+    e2e.sample_mapping_as(directory, CLIENT)
     return directory
 
 
@@ -46,14 +42,8 @@ def mapping(mappings_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def source_url(admin_dsn: str) -> Any:
-    from clientflow.sample import ehrlogic
-
-    name = f"{os.environ['CLIENTFLOW_STAGING_DB'].removesuffix('_staging')}_reconcile_src"
-    ehrlogic.create(admin_dsn, name, PATIENTS)
-    info = psycopg.conninfo.conninfo_to_dict(psycopg.conninfo.make_conninfo(admin_dsn, dbname=name))
-    yield f"postgresql://{ehrlogic.READER_ROLE}@{info['host']}:{info.get('port', 5432)}/{name}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    with e2e.sample_source(admin_dsn, "reconcile", PATIENTS) as (_name, url):
+        yield url
 
 
 def _extract(settings: Any, source_url: str, day: date, run_id: str) -> str:

@@ -10,7 +10,6 @@ restored and why.
 
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from tests.support import e2e
 from tests.support.dags import test_client_dag
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 CLIENT = "restoreco"
 FIRST, SECOND = date(2026, 11, 20), date(2026, 11, 21)
 PATIENTS = 80
@@ -34,22 +32,13 @@ PATIENTS = 80
 
 @pytest.fixture(scope="module")
 def mapping(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    directory = tmp_path_factory.mktemp("mappings")
-    text = (ROOT / "include" / "mappings" / "ehrlogic.yaml").read_text(encoding="utf-8")
-    (directory / f"{CLIENT}.yaml").write_text(text.replace("client: ehrlogic", f"client: {CLIENT}"), encoding="utf-8")
-    return load_mapping(directory / f"{CLIENT}.yaml")
+    return load_mapping(e2e.sample_mapping_as(tmp_path_factory.mktemp("mappings"), CLIENT))
 
 
 @pytest.fixture(scope="module")
 def source(admin_dsn: str) -> Any:
-    from clientflow.sample import ehrlogic
-
-    name = f"{os.environ['CLIENTFLOW_STAGING_DB'].removesuffix('_staging')}_restore_src"
-    ehrlogic.create(admin_dsn, name, PATIENTS)
-    info = psycopg.conninfo.conninfo_to_dict(psycopg.conninfo.make_conninfo(admin_dsn, dbname=name))
-    yield name, f"postgresql://{ehrlogic.READER_ROLE}@{info['host']}:{info.get('port', 5432)}/{name}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    with e2e.sample_source(admin_dsn, "restore", PATIENTS) as found:
+        yield found
 
 
 def _run(mapping: Any, day: date, run_id: str) -> str:

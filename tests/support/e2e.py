@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,6 +19,32 @@ from clientflow.db import set_tenant
 from clientflow.entities import BY_NAME
 from tests.support.extractor import build_binary
 from tests.support.oracle import Rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sample_mapping_as(directory: Path, client: str) -> Path:
+    """The sample client's mapping (ehrlogic's) under another client name, written to ``directory``."""
+    text = (ROOT / "include" / "mappings" / "ehrlogic.yaml").read_text(encoding="utf-8")
+    path = directory / f"{client}.yaml"
+    path.write_text(text.replace("client: ehrlogic", f"client: {client}"), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def sample_source(admin_dsn: str, purpose: str, patients: int) -> Iterator[tuple[str, str]]:
+    """A database of the sample practice system with ``patients`` patients, for this test session:
+    (its name, its reader role's URL); dropped afterwards."""
+    from clientflow.sample import ehrlogic
+
+    name = f"{os.environ['CLIENTFLOW_STAGING_DB'].removesuffix('_staging')}_{purpose}_src"
+    ehrlogic.create(admin_dsn, name, patients)
+    info = psycopg.conninfo.conninfo_to_dict(psycopg.conninfo.make_conninfo(admin_dsn, dbname=name))
+    try:
+        yield name, f"postgresql://{ehrlogic.READER_ROLE}@{info['host']}:{info.get('port', 5432)}/{name}"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def extract(settings: Any, client: str, source_url: str, day: date, *, password: str,
