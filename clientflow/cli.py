@@ -350,8 +350,8 @@ def _reprocess(args: argparse.Namespace) -> int:
     if password is None:
         return 2
     try:
-        run_id = oncall.trigger(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password,
-                                dag_id, conf)
+        token = oncall.login(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
+        run_id = oncall.trigger(args.airflow_url, token, dag_id, conf)
     except OSError as exc:  # urllib's HTTP and connection errors
         print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
               f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
@@ -395,7 +395,7 @@ def _restore(args: argparse.Namespace) -> int:
         token = oncall.login(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
 
         def run(replay: restore.Replay) -> str:
-            run_id = oncall.trigger(args.airflow_url, "", "", dag_id, replay.conf(), token=token, kind="restore")
+            run_id = oncall.trigger(args.airflow_url, token, dag_id, replay.conf(), kind="restore")
             print(f"replaying batch {replay.day} run {replay.run_id}: {dag_id} run {run_id}", flush=True)
             return oncall.wait_for_run(args.airflow_url, token, dag_id, run_id, args.timeout)
 

@@ -125,10 +125,9 @@ def login(api_url: str, username: str, password: str) -> str:
     return str(_call(api_url, "/auth/token", {"username": username, "password": password})["access_token"])
 
 
-def trigger(api_url: str, username: str, password: str, dag_id: str, conf: dict[str, str],
-            *, token: str | None = None, kind: str = "reprocess") -> str:
-    """Start a run of ``dag_id`` with ``conf`` through Airflow's REST API; its run id."""
-    token = token or login(api_url, username, password)
+def trigger(api_url: str, token: str, dag_id: str, conf: dict[str, str], *, kind: str = "reprocess") -> str:
+    """Start a run of ``dag_id`` with ``conf`` through Airflow's REST API (``token`` from
+    :func:`login`); its run id."""
     run_id = f"{kind}__{conf['batch_date']}__{conf['run_id']}__{datetime.now(UTC):%Y%m%dT%H%M%S}"
     made = _call(api_url, f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf},
                  token)

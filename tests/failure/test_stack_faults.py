@@ -99,7 +99,8 @@ def _extract(client: str, day: date, run_id: str) -> None:
 
 
 def _trigger(client: str, day: date, run_id: str) -> str:
-    return oncall.trigger(UI, "admin", "admin", f"client_{client}", {"batch_date": day.isoformat(), "run_id": run_id},
+    return oncall.trigger(UI, oncall.login(UI, "admin", "admin"), f"client_{client}",
+                          {"batch_date": day.isoformat(), "run_id": run_id},
                           kind="failure_suite")
 
 
