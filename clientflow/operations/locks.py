@@ -47,6 +47,17 @@ return 1
 """
 
 
+# The client's next fencing token, above ARGV[1] (the newest token PostgreSQL recorded).
+_NEXT_TOKEN = """
+local token = redis.call('incr', KEYS[1])
+if token <= tonumber(ARGV[1]) then
+  token = tonumber(ARGV[1]) + 1
+  redis.call('set', KEYS[1], token)
+end
+return token
+"""
+
+
 class LockBusy(TransientError):
     """Another run of the client holds the lock: wait and try again (not a failure)."""
 
@@ -71,7 +82,11 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
     """
     r = _client(settings)
     key = f"{settings.key_prefix}:lock:{client}"
-    token = int(r.incr(f"{settings.key_prefix}:fence:{client}"))
+    # PostgreSQL is the source of truth: a Redis that lost its counter (restarted without
+    # persistence, failed over, flushed) must not hand out a token the ledger already saw.
+    (floor,) = conn.execute("select coalesce(max(token), 0) from pipeline.client_fence where client_name = %s",
+                            (client,)).fetchone() or (0,)
+    token = int(r.eval(_NEXT_TOKEN, 1, f"{settings.key_prefix}:fence:{client}", floor))
     value = f"{token}:{uuid.uuid4().hex}:{holder}"
     if not r.eval(_ACQUIRE, 1, key, value, settings.lock_timeout_seconds, holder):
         raise LockBusy(

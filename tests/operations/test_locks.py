@@ -163,6 +163,26 @@ def test_lock_of_a_crashed_run_expires(settings: Any) -> None:
     assert not _redis(settings).exists(_lock_key(settings, "lock_crash"))
 
 
+def test_a_redis_that_forgot_its_counter_never_hands_out_a_token_the_ledger_saw(settings: Any) -> None:
+    """Redis restarted without persistence (or was flushed): its fencing counter starts again at 1,
+    while the ledger's fence row holds a higher token. The next batch still takes the client, with
+    a token above the ledger's, and is promoted (it was refused as stale before)."""
+    mapping = mapping_for("lock_forgot")
+    practice = Practice(settings, mapping.client)
+    for _ in range(3):
+        with psycopg.connect(settings.staging.conninfo()) as conn:
+            locks.release(settings.redis, locks.acquire(settings.redis, conn, mapping.client, "earlier"))
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        (recorded,) = conn.execute("select token from pipeline.client_fence where client_name = %s",
+                                   (mapping.client,)).fetchone()
+    _redis(settings).delete(f"{settings.redis.key_prefix}:fence:{mapping.client}")  # the restart
+
+    batch = run_batch(settings, mapping, practice.write(date(2026, 5, 20), "r1", tables(3, "forgot")))
+    assert batch.lock.token == recorded + 1
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Name2-forgot",)
+    assert int(_redis(settings).get(f"{settings.redis.key_prefix}:fence:{mapping.client}")) == recorded + 1
+
+
 def _dummy_production_rows(settings: Any, client: str) -> int:
     with psycopg.connect(settings.staging.conninfo()) as conn:
         return sum(conn.execute(f"select count(*) from practice.{entity} where client_id = %s",  # noqa: S608
