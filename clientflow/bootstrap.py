@@ -8,13 +8,26 @@ Each database records the version of the DDL it was built with (a hash of the SQ
 database's comment). ``--reset-outdated`` (the local stack) drops and rebuilds databases built by
 an older version; without it an outdated database is an error that says so, never a silent mix.
 
-Roles:
-- ``clientflow_staging`` owns the staging database (raw tables, dummy production, ledger, dbt).
+Roles (docs/security.md has the table):
+- ``clientflow_owner`` (cannot log in) owns the staging database and its fixed schemas: the
+  ledger (``pipeline``) and dummy production (``practice``). Only this bootstrap acts as it.
+- ``clientflow_loader`` (connection ``clientflow_staging``: every Python task, the command line)
+  creates and owns the raw schemas ``raw_<client>``, reads and writes the ledger, reads dbt's
+  ``stg_<client>`` tables (validation, the promotion's change sets) and puts dummy production back
+  after a failed batch (the undo, the restore). No DDL outside its raw schemas.
+- ``clientflow_transformer`` (connection ``clientflow_transformer``: dbt, run by Cosmos) creates
+  and owns the schemas ``stg_<client>``, reads the raw tables and the ledger's ``jobs``, merges
+  into dummy production (select, insert, update) and checks the client's fence through
+  ``pipeline.check_fence`` (security definer). It writes neither the ledger nor raw.
+  Raw and dbt schemas appear at run time, so each role's default privileges grant the other what
+  it reads in them.
 - ``clientflow_promoter`` may only read and upsert production's practice tables: no DELETE, no
   DDL, nothing else; and only the rows of the client its transaction names (row-level security,
   ``include/sql/production_rls.sql``).
 - ``clientflow_status`` (the status page, the metrics) may only read the ledger (schema
   ``pipeline`` of staging): not the raw tables, not dummy production, not production.
+Only the promoter may connect to production. ``clientflow_staging``, the single owner-and-login
+role of older versions, is neither created nor used any more.
 """
 
 from __future__ import annotations
@@ -32,16 +45,62 @@ from psycopg import sql
 log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "sql"
-STAGING_ROLE = "clientflow_staging"
+OWNER_ROLE = "clientflow_owner"
+LOADER_ROLE = "clientflow_loader"
+TRANSFORMER_ROLE = "clientflow_transformer"
 PROMOTER_ROLE = "clientflow_promoter"
 STATUS_ROLE = "clientflow_status"
 PRACTICE_SCHEMA = "practice"
+LOGIN_ROLES = {  # role: the variable of its password, and the local stack's default
+    LOADER_ROLE: ("CLIENTFLOW_LOADER_PASSWORD", "local-only-loader"),
+    TRANSFORMER_ROLE: ("CLIENTFLOW_TRANSFORMER_PASSWORD", "local-only-transformer"),
+    PROMOTER_ROLE: ("CLIENTFLOW_PROMOTER_PASSWORD", "local-only-promoter"),
+    STATUS_ROLE: ("CLIENTFLOW_STATUS_PASSWORD", "local-only-status"),
+}
+
+# The staging database's privileges, granted by the bootstrap's superuser (``{db}`` and the roles
+# are identifiers). Everything not granted here is refused: SQLSTATE 42501.
+STAGING_GRANTS = (
+    # Only the pipeline's roles reach the staging database; the loader creates the schemas
+    # raw_<client>, dbt the schemas stg_<client>, neither anything inside the other's.
+    "revoke all on database {db} from public",
+    "grant connect on database {db} to {loader}, {transformer}, {status}",
+    "grant create on database {db} to {loader}, {transformer}",
+    # The ledger: the tasks write it, dbt reads the batch's jobs and checks the client's fence
+    # (pipeline.check_fence, security definer: the fence row is locked, never written, by dbt).
+    "grant usage on schema pipeline to {loader}, {transformer}, {status}",
+    "grant select, insert, update, delete on all tables in schema pipeline to {loader}",
+    "grant usage on all sequences in schema pipeline to {loader}",
+    "grant select on all tables in schema pipeline to {status}",
+    "alter default privileges for role {owner} in schema pipeline"
+    " grant select, insert, update, delete on tables to {loader}",
+    "alter default privileges for role {owner} in schema pipeline grant usage on sequences to {loader}",
+    "alter default privileges for role {owner} in schema pipeline grant select on tables to {status}",
+    "grant select on pipeline.jobs to {transformer}",
+    "revoke execute on function pipeline.check_fence(text, bigint) from public",
+    "grant execute on function pipeline.check_fence(text, bigint) to {loader}, {transformer}",
+    # Dummy production: dbt merges a batch in (dummy_upsert: insert, update); the undo of a failed
+    # batch and `clientflow restore` put it back (update, delete, insert).
+    "grant usage on schema practice to {loader}, {transformer}",
+    "grant select, insert, update on all tables in schema practice to {transformer}",
+    "grant select, insert, update, delete on all tables in schema practice to {loader}",
+    # Created at run time: dbt reads the raw tables the loader creates; the tasks read dbt's
+    # tables (validation, the change sets) and empty a failed batch's undo tables.
+    "alter default privileges for role {loader} grant usage on schemas to {transformer}",
+    "alter default privileges for role {loader} grant select on tables to {transformer}",
+    "alter default privileges for role {transformer} grant usage on schemas to {loader}",
+    "alter default privileges for role {transformer} grant select, delete on tables to {loader}",
+)
 
 
-def _ensure_role(admin: psycopg.Connection[Any], role: str, password: str) -> None:
+def _ensure_role(admin: psycopg.Connection[Any], role: str, password: str | None) -> None:
+    """A login role with this password; with None, a role that cannot log in (an owner)."""
     if not admin.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
-        admin.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
-    admin.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
+        admin.execute(sql.SQL("create role {}").format(sql.Identifier(role)))
+    if password is None:
+        admin.execute(sql.SQL("alter role {} nologin").format(sql.Identifier(role)))
+    else:
+        admin.execute(sql.SQL("alter role {} login password {}").format(sql.Identifier(role), sql.Literal(password)))
 
 
 def schema_version() -> str:
@@ -77,55 +136,48 @@ def apply_production_ddl(conn: psycopg.Connection[Any], *, row_security: bool = 
     conn.execute("reset search_path")
 
 
-def grant_status_role(conn: psycopg.Connection[Any], staging_db: str) -> None:
-    """The status role reads the ledger and nothing else (run as the ledger's owner)."""
-    role = sql.Identifier(STATUS_ROLE)
-    conn.execute(sql.SQL("grant connect on database {} to {}").format(sql.Identifier(staging_db), role))
-    conn.execute(sql.SQL("grant usage on schema pipeline to {}").format(role))
-    conn.execute(sql.SQL("grant select on all tables in schema pipeline to {}").format(role))
-    conn.execute(sql.SQL("alter default privileges in schema pipeline grant select on tables to {}").format(role))
+def grant_staging_roles(conn: psycopg.Connection[Any], staging_db: str) -> None:
+    """The loader's, the transformer's and the status role's privileges in staging (as superuser)."""
+    names = {"db": staging_db, "owner": OWNER_ROLE, "loader": LOADER_ROLE, "transformer": TRANSFORMER_ROLE,
+             "status": STATUS_ROLE}
+    idents = {key: sql.Identifier(name) for key, name in names.items()}
+    for statement in STAGING_GRANTS:
+        conn.execute(sql.SQL(statement).format(**idents))
+
+
+def _grant_production(conn: psycopg.Connection[Any], production_db: str) -> None:
+    """The promoter reads and upserts practice's tables; nobody else may even connect."""
+    promoter, practice = sql.Identifier(PROMOTER_ROLE), sql.Identifier(PRACTICE_SCHEMA)
+    conn.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(production_db)))
+    conn.execute(sql.SQL("grant connect, temporary on database {} to {}").format(
+        sql.Identifier(production_db), promoter))
+    conn.execute(sql.SQL("grant usage on schema {} to {}").format(practice, promoter))
+    conn.execute(sql.SQL("grant select, insert, update on all tables in schema {} to {}").format(practice, promoter))
+    conn.execute(sql.SQL("grant execute on function {}.refresh_statistics(text) to {}").format(practice, promoter))
 
 
 def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outdated: bool = False) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        _ensure_role(admin, STAGING_ROLE, os.environ.get("CLIENTFLOW_STAGING_PASSWORD", "local-only-staging"))
-        _ensure_role(admin, PROMOTER_ROLE, os.environ.get("CLIENTFLOW_PROMOTER_PASSWORD", "local-only-promoter"))
-        _ensure_role(admin, STATUS_ROLE, os.environ.get("CLIENTFLOW_STATUS_PASSWORD", "local-only-status"))
-        _ensure_database(admin, staging_db, STAGING_ROLE, reset_outdated)
+        _ensure_role(admin, OWNER_ROLE, None)
+        for role, (variable, default) in LOGIN_ROLES.items():
+            _ensure_role(admin, role, os.environ.get(variable, default))
+        _ensure_database(admin, staging_db, OWNER_ROLE, reset_outdated)
         _ensure_database(admin, production_db, "postgres", reset_outdated)
-
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
         # Both write a batch with per-row foreign-key triggers off and check the keys once per
         # batch instead (clientflow.promotion.promote, the dummy_upsert materialization).
         admin.execute(sql.SQL("grant set on parameter session_replication_role to {}, {}").format(
-            sql.Identifier(STAGING_ROLE), sql.Identifier(PROMOTER_ROLE)))
+            sql.Identifier(TRANSFORMER_ROLE), sql.Identifier(PROMOTER_ROLE)))
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=staging_db)) as conn:
-        conn.execute(sql.SQL("set role {}").format(sql.Identifier(STAGING_ROLE)))
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(OWNER_ROLE)))
         apply_production_ddl(conn)
         conn.execute((SQL_DIR / "pipeline.sql").read_text(encoding="utf-8"))
-        grant_status_role(conn, staging_db)
+        conn.execute("reset role")
+        grant_staging_roles(conn, staging_db)
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=production_db)) as conn:
         apply_production_ddl(conn, row_security=True)
-        conn.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(production_db)))
-        conn.execute(
-            sql.SQL("grant connect, temporary on database {} to {}").format(
-                sql.Identifier(production_db), sql.Identifier(PROMOTER_ROLE)
-            )
-        )
-        conn.execute(
-            sql.SQL("grant usage on schema {} to {}").format(
-                sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)
-            )
-        )
-        conn.execute(
-            sql.SQL("grant select, insert, update on all tables in schema {} to {}").format(
-                sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)
-            )
-        )
-        conn.execute(sql.SQL("grant execute on function {}.refresh_statistics(text) to {}").format(
-            sql.Identifier(PRACTICE_SCHEMA), sql.Identifier(PROMOTER_ROLE)))
+        _grant_production(conn, production_db)
     log.info("bootstrapped staging=%s production=%s", staging_db, production_db)
 
 

@@ -119,6 +119,10 @@ class ConnectionIds(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     staging: str = "clientflow_staging"
+    """The staging database as the loader role: every Python task (raw load, ledger, validation,
+    the staging side of the promotion, the undo of dummy production) and the command line."""
+    transformer: str = "clientflow_transformer"
+    """The staging database as the transformer role: dbt (Cosmos's profile), nothing else."""
     production: str = "clientflow_production"
     s3: str = "clientflow_s3"
     redis: str = "clientflow_redis"

@@ -111,6 +111,17 @@ def databases() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def staging_owner(databases: dict[str, str]) -> str:
+    """The staging database as the owner of its ledger and dummy production: for the tests that
+    change their DDL, which none of the pipeline's roles may (clientflow.bootstrap)."""
+    import psycopg
+
+    from clientflow.bootstrap import OWNER_ROLE
+
+    return psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=databases["staging"], options=f"-c role={OWNER_ROLE}")
+
+
+@pytest.fixture(scope="session")
 def settings(s3_server: str, databases: dict[str, str]) -> Any:
     from clientflow.config import PipelineSettings, PostgresSettings, RedisSettings, S3Settings
 
@@ -122,8 +133,8 @@ def settings(s3_server: str, databases: dict[str, str]) -> Any:
 
     redis.Redis.from_url("redis://127.0.0.1:6379/13").flushdb()
     return PipelineSettings(
-        staging=PostgresSettings(dbname=databases["staging"], user="clientflow_staging",
-                                 password="local-only-staging"),
+        staging=PostgresSettings(dbname=databases["staging"], user="clientflow_loader",
+                                 password="local-only-loader"),
         production=PostgresSettings(dbname=databases["production"], user="clientflow_promoter",
                                     password="local-only-promoter"),
         s3=s3,

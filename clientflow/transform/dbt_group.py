@@ -47,11 +47,13 @@ def batch_vars(mapping: ClientMapping, upstream: str = "ingest") -> dict[str, An
 
 
 def profile(ids: ConnectionIds) -> ProfileConfig:
+    """dbt logs in as the transformer role (its own connection): it reads raw, writes dbt's schemas
+    and merges into dummy production, and cannot write the ledger or the raw tables."""
     return ProfileConfig(
         profile_name="clientflow",
         target_name="staging",
         profile_mapping=PostgresUserPasswordProfileMapping(
-            conn_id=ids.staging, profile_args={"schema": "dbt", "threads": THREADS}),
+            conn_id=ids.transformer, profile_args={"schema": "dbt", "threads": THREADS}),
     )
 
 

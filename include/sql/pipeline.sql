@@ -87,8 +87,10 @@ alter table pipeline.client_fence add column if not exists released boolean not 
 -- until the caller's transaction ends, so a newer holder cannot take the client over (its update
 -- of the row waits) while this write is under way; and refuse a token that is not the current one
 -- (SQLSTATE CF001, the current token in DETAIL), or whose batch failed (CF002).
+-- Security definer (run as the ledger's owner, with a fixed search_path): dbt's role may lock the
+-- fence row this way without any privilege on the ledger's tables (clientflow.bootstrap).
 create or replace function pipeline.check_fence(client text, expected bigint) returns void
-language plpgsql as $$
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     current_token bigint;
     is_released boolean;

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 
+from clientflow.bootstrap import LOADER_ROLE, PROMOTER_ROLE, STATUS_ROLE, TRANSFORMER_ROLE
 from clientflow.config import ConnectionIds
 from clientflow.settings_file import connections as local_connections
 from tests.support.deploy import COMPOSE_FILE, ROOT, compose, compose_raw, variables
@@ -137,7 +138,7 @@ def test_the_connections_are_the_ones_the_pipeline_reads(services: dict[str, Any
 
 def test_the_connections_point_at_the_services_of_the_file(services: dict[str, Any]) -> None:
     ids, conns = ConnectionIds(), _connections(services["airflow-worker"])
-    for cid in (ids.staging, ids.production, ids.redis, ids.smtp):
+    for cid in (ids.staging, ids.transformer, ids.production, ids.redis, ids.smtp):
         assert conns[cid]["host"] in services, cid
     s3 = conns[ids.s3]
     assert urlsplit(s3["extra"]["endpoint_url"]).hostname == "minio"
@@ -149,13 +150,14 @@ def test_the_connections_point_at_the_services_of_the_file(services: dict[str, A
     assert (s3["login"], s3["password"]) == (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
     # The roles' passwords are the ones airflow-init's bootstrap gives them.
     init = _env(services["airflow-init"])
-    assert conns[ids.staging]["password"] == init["CLIENTFLOW_STAGING_PASSWORD"]
+    assert conns[ids.staging]["password"] == init["CLIENTFLOW_LOADER_PASSWORD"]
+    assert conns[ids.transformer]["password"] == init["CLIENTFLOW_TRANSFORMER_PASSWORD"]
     assert conns[ids.production]["password"] == init["CLIENTFLOW_PROMOTER_PASSWORD"]
     assert conns[ids.status]["password"] == init["CLIENTFLOW_STATUS_PASSWORD"]
-    assert (conns[ids.staging]["login"], conns[ids.production]["login"]) == (
-        "clientflow_staging",
-        "clientflow_promoter",
-    )
+    assert {cid: conns[cid]["login"] for cid in (ids.staging, ids.transformer, ids.production, ids.status)} == {
+        ids.staging: LOADER_ROLE, ids.transformer: TRANSFORMER_ROLE, ids.production: PROMOTER_ROLE,
+        ids.status: STATUS_ROLE,
+    }
     assert int(conns[ids.redis]["extra"]["db"]) != int(
         urlsplit(_env(services["airflow-worker"])["AIRFLOW__CELERY__BROKER_URL"]).path.strip("/")
     ), "the client locks and Celery's broker share a Redis database"

@@ -16,7 +16,7 @@ from psycopg import errors
 from pydantic import SecretStr
 
 from clientflow import pipeline
-from clientflow.bootstrap import STATUS_ROLE
+from clientflow.bootstrap import LOADER_ROLE, LOGIN_ROLES, STATUS_ROLE, TRANSFORMER_ROLE
 from clientflow.db import set_tenant
 from clientflow.errors import PermanentError
 from tests.support.practice import Practice, mapping_for, production_rows, run_batch, tables
@@ -60,17 +60,22 @@ def test_the_promoter_may_not_delete_or_change_production_s_schema(settings: Any
     _refused(settings.production.conninfo(), statement, tenant=A)
 
 
-def _status(settings: Any, db: str = "staging") -> str:
+def _as(settings: Any, role: str, db: str = "staging") -> str:
     target = settings.staging if db == "staging" else settings.production
-    return target.model_copy(update={"user": STATUS_ROLE, "password": SecretStr("local-only-status")}).conninfo()
+    return target.model_copy(update={"user": role, "password": SecretStr(LOGIN_ROLES[role][1])}).conninfo()
+
+
+def _status(settings: Any, db: str = "staging") -> str:
+    return _as(settings, STATUS_ROLE, db)
 
 
 @pytest.mark.parametrize("statement", [
     "update pipeline.batches set state = 'SUCCESS'",
     "delete from pipeline.batch_events",
     "insert into pipeline.incidents (client_name, kind, detail) values ('x', 'stale', 'x')",
-    f"select count(*) from raw_{A}.dim_patient",
+    f"select count(*) from raw_{A}.person",
     "select count(*) from practice.patients",
+    f"select count(*) from stg_{A}.changes_patients",
     "create table pipeline.sneaky (id int)",
 ])
 def test_the_status_role_only_reads_the_ledger(settings: Any, two_tenants: None, statement: str) -> None:
@@ -116,3 +121,70 @@ def test_a_promotion_cannot_touch_another_tenant_even_with_a_forged_key(settings
         pipeline.promote(settings, mapping, batch, airflow_run_id="t")
     pipeline.mark_failed(settings, batch, "forged key", airflow_run_id="t")
     assert {c: production_rows(settings, c, "patients", "last_name") for c in (A, B)} == before
+
+
+@pytest.mark.parametrize("statement", [
+    f"insert into raw_{A}.person (source_row) values (1)",
+    f"delete from raw_{A}.person",
+    f"truncate raw_{A}.person",
+    f"alter table raw_{A}.person add column note text",
+    f"drop schema raw_{A} cascade",
+    "update pipeline.batches set state = 'SUCCESS'",
+    "insert into pipeline.batch_events (ingestion_id, state) values ('x', 'SUCCESS')",
+    "delete from pipeline.rejects",
+    "update pipeline.client_fence set token = token + 1",
+    "select count(*) from pipeline.batches",
+    "create table pipeline.sneaky (id int)",
+    "delete from practice.patients",
+    "truncate practice.appointments",
+    "drop table practice.procedures",
+    "alter table practice.patients add column note text",
+])
+def test_the_transformer_may_not_write_raw_or_the_ledger_or_delete_dummy_production(
+        settings: Any, two_tenants: None, statement: str) -> None:
+    _refused(_as(settings, TRANSFORMER_ROLE), statement)
+
+
+@pytest.mark.parametrize("statement", [
+    f"create table stg_{A}.sneaky (id int)",
+    f"drop table stg_{A}.stg_patients",
+    f"alter table stg_{A}.changes_patients add column note text",
+    f"insert into stg_{A}.changes_patients (client_id) values ('x')",
+    f"truncate stg_{A}.undo_patients",
+    f"drop schema stg_{A} cascade",
+    "drop table practice.patients",
+    "alter table practice.patients add column note text",
+    "truncate practice.patients",
+    "create table practice.sneaky (id int)",
+    "drop table pipeline.batches",
+    "alter table pipeline.batches add column note text",
+    "create table pipeline.sneaky (id int)",
+    "set session_replication_role = replica",
+])
+def test_the_loader_may_not_do_dbt_s_ddl_or_change_the_fixed_schemas(settings: Any, two_tenants: None,
+                                                                      statement: str) -> None:
+    _refused(settings.staging.conninfo(), statement)
+
+
+@pytest.mark.parametrize("role", [LOADER_ROLE, TRANSFORMER_ROLE])
+def test_the_staging_roles_cannot_reach_production(settings: Any, two_tenants: None, role: str) -> None:
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(_as(settings, role, "production")).close()
+
+
+def test_the_transformer_reads_raw_and_the_batch_s_jobs_and_checks_the_fence(settings: Any, two_tenants: None) -> None:
+    with psycopg.connect(_as(settings, TRANSFORMER_ROLE)) as conn:
+        (raw_rows,) = conn.execute(f"select count(*) from raw_{A}.person").fetchone() or (0,)
+        (jobs,) = conn.execute("select count(*) from pipeline.jobs where client_name = %s", (A,)).fetchone() or (0,)
+        assert raw_rows >= 3 and jobs >= 3
+        # the fence check runs as the ledger's owner: a stale token is refused as stale, not for privileges
+        with pytest.raises(psycopg.Error) as stale:
+            conn.execute("select pipeline.check_fence(%s, -1)", (A,))
+    assert stale.value.sqlstate == "CF001"
+
+
+def test_the_loader_reads_dbt_s_tables_and_empties_the_undo_tables(settings: Any, two_tenants: None) -> None:
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert conn.execute(f"select count(*) from stg_{A}.stg_patients").fetchone() == (3,)
+        conn.execute(f"delete from stg_{A}.undo_patients")
+        conn.rollback()

@@ -1,7 +1,8 @@
 """Run the dbt transform of one batch the way the DAG's Cosmos task group does, without Airflow.
 
 For tests that call the pipeline stages directly (clientflow.pipeline.*): the same dbt project,
-the same vars (the mapping's plus the batch's ingestion_id, date and fencing token), the same staging database.
+the same vars (the mapping's plus the batch's ingestion_id, date and fencing token), the same staging database
+and the same role (the transformer).
 Each call uses its own target and log directories, so calls never touch dbt/target.
 """
 
@@ -27,8 +28,18 @@ class TransformFailed(Exception):
         self.output = output
 
 
+def as_transformer(settings: Any) -> Any:
+    """The staging database as dbt's role (the connection clientflow_transformer of the DAGs)."""
+    from pydantic import SecretStr
+
+    from clientflow.bootstrap import LOGIN_ROLES, TRANSFORMER_ROLE
+
+    password = SecretStr(LOGIN_ROLES[TRANSFORMER_ROLE][1])
+    return settings.staging.model_copy(update={"user": TRANSFORMER_ROLE, "password": password})
+
+
 def transform(settings: Any, mapping: Any, batch: Any) -> None:
-    staging = settings.staging
+    staging = as_transformer(settings)
     dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch.ingestion_id, "batch_date": batch.day.isoformat(),
                 "fence_token": batch.lock.token}
     env = {

@@ -55,10 +55,11 @@ OUTSIDE_RULES = {
 
 
 @pytest.fixture(params=sorted(OUTSIDE_RULES))
-def outside_rule(request: pytest.FixtureRequest, settings: Any, admin_dsn: str) -> Iterator[tuple[str, str]]:
+def outside_rule(request: pytest.FixtureRequest, settings: Any, admin_dsn: str,
+                 staging_owner: str) -> Iterator[tuple[str, str]]:
     kind = request.param
     make, undo, message = OUTSIDE_RULES[kind]
-    with psycopg.connect(settings.staging.conninfo()) as conn:
+    with psycopg.connect(staging_owner) as conn:
         for statement in make:
             conn.execute(statement)
     if kind == "foreign_key":  # dbt writes dummy production with per-row FK triggers off (replica):
@@ -70,7 +71,7 @@ def outside_rule(request: pytest.FixtureRequest, settings: Any, admin_dsn: str) 
             conn.execute(sql.SQL("alter table practice.patients enable always trigger {}").format(
                 sql.Identifier(trigger)))
     yield kind, message
-    with psycopg.connect(settings.staging.conninfo()) as conn:
+    with psycopg.connect(staging_owner) as conn:
         for statement in undo:
             conn.execute(statement)
 

@@ -103,14 +103,14 @@ def test_the_counts_gate_stops_a_batch_whose_rows_do_not_add_up(settings: Any) -
     assert_dummy_equals_production(settings, mapping.client)
 
 
-def test_the_dbt_tests_stop_a_row_the_staging_models_missed(settings: Any) -> None:
+def test_the_dbt_tests_stop_a_row_the_staging_models_missed(settings: Any, staging_owner: str) -> None:
     """dbt's tests are the last line: here an orphan appointment that reached dummy production by a
     path the staging models do not see (its foreign key dropped, the row written directly)."""
     mapping = mapping_for("dbt_gate")
     found = Practice(settings, mapping.client).write(DAY, "r1", tables(3))
     batch = pipeline.ingest(settings, mapping, found, airflow_run_id="t")
     transform(settings, mapping, batch)  # the batch as it is passes
-    with psycopg.connect(settings.staging.conninfo()) as conn:
+    with psycopg.connect(staging_owner) as conn:  # a change of dummy production's DDL: its owner's
         conn.execute("alter table practice.appointments drop constraint appointments_client_id_patient_id_fkey")
         conn.execute(
             "insert into practice.appointments (client_id, appointment_id, patient_id, provider_id, starts_at, "
@@ -122,7 +122,7 @@ def test_the_dbt_tests_stop_a_row_the_staging_models_missed(settings: Any) -> No
         assert "has_parent_in_client_appointments_patient_id" in failed.value.output
     finally:
         pipeline.mark_failed(settings, batch, "dbt tests", airflow_run_id="t")
-        with psycopg.connect(settings.staging.conninfo()) as conn:
+        with psycopg.connect(staging_owner) as conn:
             conn.execute("delete from practice.appointments where client_id = 'dbt_gate'")
             conn.execute("alter table practice.appointments add constraint appointments_client_id_patient_id_fkey "
                          "foreign key (client_id, patient_id) references practice.patients (client_id, patient_id)")
