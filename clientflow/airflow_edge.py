@@ -101,7 +101,7 @@ def run_next_batch(mapping: ClientMapping, planned: dict[str, Any] | None) -> di
                                 datetime.now(UTC).date())
     if found is None:
         raise AirflowSkipException("no other complete batch waits in the bucket")
-    return {"conf": found, "run_id": f"sweep__{found['batch_date']}__{found['run_id']}"}
+    return {"conf": found, "run_id": f"{pipeline.SWEEP_RUN_PREFIX}{found['batch_date']}__{found['run_id']}"}
 
 
 @stage

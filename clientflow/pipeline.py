@@ -66,6 +66,10 @@ def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | Non
     return Batch(client=client, day=day, run_id=run_id or None)
 
 
+SWEEP_RUN_PREFIX = "sweep__"
+"""Run ids of the runs the sweep starts (``sweep__<date>__<run>``, deterministic: one per batch)."""
+
+
 def next_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batch | None,
                today: date) -> dict[str, str] | None:
     """The sweep: the oldest complete batch of the last ``mapping.sweep_days`` days in the bucket
@@ -131,6 +135,8 @@ def ingest(
     batch = replace(batch, lock=lock)
     try:
         _skip_if_promoted(settings, batch, arrived, airflow_run_id)
+        if airflow_run_id is not None and airflow_run_id.startswith(SWEEP_RUN_PREFIX):
+            _leave_failed_to_a_person(settings, batch)
         with connect(settings.staging, batch.where(), "recording the batch") as conn:
             locks.check(conn, lock)
             ledger.record_batch(conn, ingestion_id, arrived, dag_id=dag_id, airflow_run_id=airflow_run_id,
@@ -167,6 +173,18 @@ def _skip_if_promoted(settings: PipelineSettings, batch: Batch, arrived: list[Ar
     if hinted:
         log.warning("[%s] Redis lists batch %s as promoted but the ledger does not; processing it",
                     batch.where().describe(), ingestion_id)
+
+
+def _leave_failed_to_a_person(settings: PipelineSettings, batch: Batch) -> None:
+    """A run the sweep started takes only a batch the ledger has never seen. The sweep looked before
+    another run took the batch up (the run that uploaded it, say); if that run failed it, the
+    batch now waits for a person, and this run ends without a second attempt (or a second email)."""
+    with connect(settings.staging, batch.where(), "checking the ledger for the sweep's batch") as conn:
+        if ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED":
+            raise NothingToProcess(
+                f"[{batch.where().describe()}] the sweep found this batch unseen, but another run took it up since "
+                "and it FAILED there: a failed batch waits for a person (clientflow reprocess, "
+                "docs/runbook.md#reprocess-a-failed-batch), not for the sweep")
 
 
 def _load(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, arrived: list[ArrivedTable],

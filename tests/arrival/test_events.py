@@ -10,6 +10,7 @@ from datetime import date
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 
 from client_extractor.contract import batch_key
@@ -146,6 +147,26 @@ def test_the_sweep_finds_the_complete_batch_no_message_announced(settings: Any) 
     planned = pipeline.plan(mapping.client, "2026-11-21", None, None)
     assert pipeline.next_batch(settings, mapping, planned, today) is None  # this run takes it
     assert pipeline.next_batch(settings, mapping.model_copy(update={"sweep_days": 1}), None, today) is None
+
+
+def test_a_sweep_run_leaves_a_batch_another_run_failed_meanwhile_to_a_person(settings: Any) -> None:
+    """The sweep of one run saw a batch unseen; the run that uploaded it took it up first and failed
+    it. The sweep's own run, which starts after, must not process it again (a second failure, a
+    second email): it ends with nothing to do. A person's reprocess still runs it."""
+    mapping = mapping_for("sweep_failed")
+    found = pipeline.find_batch(settings, mapping, Practice(settings, mapping.client).write(DAY, "r1", tables(3)))
+    first = pipeline.ingest(settings, mapping, found, airflow_run_id="manual__first")
+    pipeline.mark_failed(settings, first, "ValidationFailed", airflow_run_id="manual__first")
+
+    with pytest.raises(NothingToProcess, match="waits for a person"):
+        pipeline.ingest(settings, mapping, found, airflow_run_id=f"sweep__{DAY}__r1")
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        events_ = [r[0] for r in conn.execute("select state from pipeline.batch_events where ingestion_id = %s "
+                                               "order by event_id", (first.ingestion_id,))]
+    assert events_ == ["PENDING", "PROCESSING", "FAILED"]  # the sweep's run recorded nothing
+    again = pipeline.ingest(settings, mapping, found, airflow_run_id="manual__reprocess")  # a person's reprocess
+    assert again.ingestion_id == first.ingestion_id
+    pipeline.mark_failed(settings, again, "test", airflow_run_id="manual__reprocess")
 
 
 def test_the_dag_watches_its_queue_and_keeps_its_timetable_for_backfills() -> None:
