@@ -169,7 +169,9 @@ def history(stack: None) -> dict[str, Any]:
             _trigger(day)
             _wait_state(day, "FAILED")
             _settle()
-        time.sleep(5)
+        # notifications back on: moto's test event reaches the triggerer within a poll (10 s) and
+        # its wait (5 s); that run sweeps the bucket, and must end before the next batch is uploaded
+        time.sleep(20)
         _settle()
     failed_mail = _mail()[before:]
     _extract_db(RECOVER)
@@ -326,11 +328,17 @@ def test_a_failed_batch_is_reprocessed_by_one_command_and_everything_reconciles(
     assert body.endswith(b" ")
     s3.put_object(Bucket=BUCKET, Key=key, Body=body[:-1])  # the cause fixed: the file as the extractor wrote it
     _settle()
+    failed = _batch(day)
+    assert failed is not None and failed[0] == "FAILED", failed
     cli = str(ROOT / ".venv" / "bin" / "clientflow")
     done = subprocess.run([cli, "reprocess", CLIENT, day.isoformat()], cwd=ROOT, capture_output=True, text=True,
                           env={**_stack_env(), "CLIENTFLOW_AIRFLOW_PASSWORD": "admin"}, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"for batch {day} run r{day:%Y%m%d}" in done.stdout
+    deadline = time.time() + 300
+    while (now := _batch(day)) == failed:  # the ledger says FAILED until the reprocessing run takes the batch up
+        assert time.time() < deadline, f"no run took batch {day} up after the reprocess: {now}"
+        time.sleep(2)
     _wait_promoted(day)
     _settle()
     reconciled = subprocess.run([cli, "reconcile", CLIENT, "--mappings-dir", str(MAPPINGS)], cwd=ROOT,
