@@ -23,6 +23,8 @@ PG_PORT="${CLIENTFLOW_PG_PORT:-5432}"
 REDIS_PORT="${CLIENTFLOW_REDIS_PORT:-6379}"
 MARIADB_PORT="${CLIENTFLOW_MARIADB_PORT:-3306}"
 S3_PORT="${CLIENTFLOW_S3_PORT:-5055}"
+# moto listens here; the connections reach S3 at S3_PORT (the failure suite puts a faulty proxy between)
+MOTO_PORT="${CLIENTFLOW_MOTO_PORT:-$S3_PORT}"
 SMTP_PORT="${CLIENTFLOW_SMTP_PORT:-8025}"
 AIRFLOW_PORT="${CLIENTFLOW_AIRFLOW_PORT:-8080}"
 METRICS_PORT="${CLIENTFLOW_METRICS_PORT:-9469}"
@@ -82,7 +84,7 @@ ensure_redis() {
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
     --dir "$STATE/redis" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
   wait_port 127.0.0.1 "$REDIS_PORT" Redis
-  touch "$STATE/redis.ours"
+  echo "$REDIS_PORT" >"$STATE/redis.ours"  # down stops this one, whatever port it is then given
   log "Redis: started on 127.0.0.1:$REDIS_PORT"
 }
 
@@ -202,7 +204,7 @@ metadata_database() {
 up() {
   ensure_postgres
   ensure_redis
-  start_bg moto "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+  start_bg moto "$MOTO_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   # Every alert lands in the Maildir .stack/mail (read it with any mail reader, or the stack tests).
   start_bg smtp "$SMTP_PORT" "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$STATE/mail"
   "$VENV/bin/python" -m clientflow.bootstrap --reset-outdated --admin-dsn "postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
@@ -291,7 +293,8 @@ down() {
   stop_pid metrics
   stop_pid moto
   if [ -f "$STATE/redis.ours" ]; then
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; rm -f "$STATE/redis.ours"; log "Redis: stopped"
+    local ours; ours=$(cat "$STATE/redis.ours"); ours=${ours:-$REDIS_PORT}
+    redis-cli -p "$ours" shutdown nosave >/dev/null 2>&1 || true; rm -f "$STATE/redis.ours"; log "Redis: stopped ($ours)"
   fi
   if [ -f "$STATE/mariadb.ours" ]; then
     kill -TERM "$(cat "$STATE/mysqld/mysqld.pid" 2>/dev/null)" 2>/dev/null || true
@@ -305,7 +308,7 @@ down() {
 }
 
 status() {
-  for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $S3_PORT" "SMTP $SMTP_PORT" "Metrics $METRICS_PORT" \
+  for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $MOTO_PORT" "SMTP $SMTP_PORT" "Metrics $METRICS_PORT" \
               "Prometheus $PROMETHEUS_PORT" "Airflow $AIRFLOW_PORT"; do
     set -- $pair
     if port_open 127.0.0.1 "$2"; then echo "$1: up on $2"; else echo "$1: down"; fi
