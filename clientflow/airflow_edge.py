@@ -249,6 +249,16 @@ def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     return callback
 
 
+def undo_for_retry(context: dict[str, Any]) -> None:
+    """A retry callback of the dbt build: the models the failed try merged into dummy production are
+    undone (its lock and fencing token stay), so the retry starts from the state before the batch."""
+    from clientflow import pipeline
+
+    batch = known_batch(context["ti"])
+    if batch is not None and batch.ingestion_id:
+        pipeline.undo_partial_transform(_settings(), batch)
+
+
 def on_failure(mapping: ClientMapping) -> list[Callable[[dict[str, Any]], None]]:
     """The client DAG's failure callbacks, in order: record, email the owners, escalate after
     repeated failures, then the mapping's extra notifiers."""

@@ -272,6 +272,16 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
     return summary
 
 
+def undo_partial_transform(settings: PipelineSettings, batch: Batch) -> dict[str, int]:
+    """Before a retry of the dbt build: put dummy production back as it was before the batch, under
+    the run's own fencing token (a run whose lock was taken over changes nothing)."""
+    with connect(settings.staging, batch.where(), "undoing the failed dbt build in dummy production") as conn:
+        locks.check(conn, batch.require_lock())
+        restored = promotion.undo_batch(conn, batch.client, batch.require_ingestion_id())
+    log.info("[%s] dbt build to be retried; dummy production restored: %s", batch.where().describe(), restored)
+    return restored
+
+
 def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
                 airflow_run_id: str | None) -> None:
     """Record FAILED, undo the batch in dummy production, and free the client's lock. Raw batches

@@ -5,7 +5,9 @@ dependency order, in one dbt process (``--threads``): the client's staging table
 sets, and the merge into dummy production. One dbt start-up per batch instead of one per model
 (a task per model cost about 10 s each, even on 5,000 rows; ``ExecutionMode.WATCHER``, which keeps
 a task per model, is experimental in Cosmos 1.15 and its sensors hang when a test fails). dbt's
-log, which the task log shows, names every model and test with its timing.
+log, which the task log shows, names every model and test with its timing. A build that lost its
+database connection is retried (with the DAG's exponential backoff) once the batch's partial
+changes in dummy production are undone; one that failed on the data is not.
 
 dbt lives in its own virtualenv; Cosmos calls it through :mod:`clientflow.transform.dbt_scrubbed`,
 which keeps the row values PostgreSQL quotes in its errors out of the task log.
@@ -14,6 +16,7 @@ which keeps the row values PostgreSQL quotes in its errors out of the task log.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from clientflow.config import ConnectionIds
 from clientflow.mapping import ClientMapping
+from clientflow.transform.dbt_scrubbed import TRANSIENT_EXIT
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = PROJECT_DIR / "dbt"
@@ -57,10 +61,30 @@ def profile(ids: ConnectionIds) -> ProfileConfig:
     )
 
 
-def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "transform") -> TaskGroup:
-    """The batch's dbt build (every model, then its tests), in a task group of its own."""
+class BatchDbtBuild(DbtBuildLocalOperator):  # type: ignore[misc]
+    """The batch's ``dbt build``: a run that lost its database (``dbt_scrubbed`` says so with
+    ``TRANSIENT_EXIT``) fails for a retry, after which the retry callback has undone the batch's
+    partial changes in dummy production; a run that failed on the data fails for good (the batch
+    is recorded FAILED and waits for its cause to be fixed)."""
+
+    def handle_exception_subprocess(self, result: Any) -> None:
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        if result.exit_code == TRANSIENT_EXIT:
+            raise AirflowException("dbt lost its database connection (a transient error): the batch's partial "
+                                   "changes in dummy production are undone and the build is retried")
+        if result.exit_code != 0:
+            self.log.error("\n".join(result.full_output))
+            raise AirflowFailException(f"dbt build failed (exit code {result.exit_code}): a model or test refused "
+                                       "the batch; see dbt's lines above")
+
+
+def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "transform",
+                   on_retry: list[Callable[[dict[str, Any]], None]] | None = None) -> TaskGroup:
+    """The batch's dbt build (every model, then its tests), in a task group of its own. ``on_retry``:
+    the callbacks of a retry after a transient database error (undo the partial build)."""
     with TaskGroup(group_id=group_id, tooltip="dbt build of the batch: staging, change sets, dummy production") as group:
-        DbtBuildLocalOperator(
+        BatchDbtBuild(
             task_id="dbt_build",
             project_dir=str(DBT_DIR),
             profile_config=profile(ids),
@@ -69,7 +93,8 @@ def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "
             select=["path:models"],
             vars=batch_vars(mapping),
             install_deps=False,
-            retries=0,  # a failing model or test is about the data; the whole batch is re-run instead
+            retries=2,  # transient database errors only (BatchDbtBuild): a failure on the data is final
+            on_retry_callback=on_retry or [],
             emit_datasets=False,
         )
     return group

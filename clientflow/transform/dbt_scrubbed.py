@@ -7,7 +7,9 @@ refused ('invalid input syntax for type timestamp: "<value>"', 'Failing row cont
 runs this file as its dbt executable; it runs the real dbt (``CLIENTFLOW_DBT_EXECUTABLE``, default
 ``.venv-dbt/bin/dbt`` of the project) and passes its output on line by line, each line scrubbed,
 and exits with dbt's exit code. What stays: the kind of error, and the names of the relation,
-constraint, column and type involved.
+constraint, column and type involved. A run that failed because the database went away (a
+terminated backend, a restart, refused connections) exits with ``TRANSIENT_EXIT`` instead of dbt's
+code, so that the task is retried; a run that failed on the data is not.
 
 Standard library only: it runs under whatever ``python3`` is on the worker's PATH.
 """
@@ -79,16 +81,40 @@ def scrub_line(line: str) -> str:
     return scrub(line)
 
 
+TRANSIENT_EXIT = 75
+"""Exit code (EX_TEMPFAIL) of a failed dbt run that lost or could not get its database connection:
+the task may be retried. Any other failure (a model or test that refused the data) is final."""
+_TRANSIENT = re.compile("|".join((
+    r"server closed the connection unexpectedly",
+    r"terminating connection due to administrator command",  # pg_terminate_backend, a restart
+    r"connection (?:to server|already closed|reset by peer|refused|timed out)",
+    r"could not connect to server",
+    r"SSL SYSCALL error",
+    r"the database system is (?:shutting down|starting up|in recovery mode)",
+    r"too many connections",
+    r"could not serialize access",
+    r"deadlock detected",
+)), re.IGNORECASE)
+
+
+def is_transient(line: str) -> bool:
+    """A line of dbt's output that says the database went away or asked to try again."""
+    return bool(_TRANSIENT.search(line))
+
+
 def main(argv: list[str]) -> int:
     dbt = os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", str(_PROJECT / ".venv-dbt" / "bin" / "dbt"))
     proc = subprocess.Popen([dbt, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a killed task stops dbt too
     assert proc.stdout is not None
+    transient = False
     for line in proc.stdout:
+        transient = transient or is_transient(line)
         sys.stdout.write(scrub_line(line))
         sys.stdout.flush()
-    return proc.wait()
+    code = proc.wait()
+    return TRANSIENT_EXIT if code != 0 and transient else code
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Failure simulations of the services under the running local stack: S3 answering 503 for a while,
-Redis restarted (its locks and fencing counter gone) in the middle of a raw load, and the scheduler
+Redis restarted (its locks and fencing counter gone) in the middle of a raw load, the scheduler
 killed with SIGKILL together with the executor's worker processes and the task they ran, in the
-middle of a raw load. Airflow retries the tasks that meet the fault with exponential backoff; each
-batch is promoted exactly once, the client's next batch still takes its lock, and
-``clientflow reconcile`` finds nothing lost or duplicated.
+middle of a raw load, and dbt's database connection terminated in the middle of its build.
+Airflow retries the tasks that meet the fault with exponential backoff; each batch is promoted
+exactly once, the client's next batch still takes its lock, and ``clientflow reconcile`` finds
+nothing lost or duplicated.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from tests.failure.stack import (
     REDIS_PORT,
     ROOT,
     SMALL,
+    SOURCES,
     _batches,
     _day,
     _env,
     _extract,
     _meta,
+    _production,
     _quietly,
     _reconciled,
     _settled,
@@ -124,4 +127,24 @@ def test_the_scheduler_and_its_workers_killed_mid_load_leave_one_promotion() -> 
         _settled(BIG)
     assert _tries(BIG, run, "ingest") >= 2  # the killed try was failed by its lost heartbeat and retried
     assert [s for _r, s in _batches(BIG, day)] == ["SUCCESS"]
+    _reconciled(BIG)
+
+
+def test_dbt_s_connection_killed_mid_build_is_retried_from_dummy_production_as_it_was() -> None:
+    """A transient database error inside dbt: the build fails for a retry (not for good), the retry
+    callback undoes what the killed build had merged into dummy production, and the retried build
+    promotes the batch once; reconciliation finds dummy production equal to production."""
+    day = _day(6)
+    _source(BIG, "update dim_patient set pt_last_nm = pt_last_nm || '-6' where pt_id % 10 = 6")
+    with _quietly():
+        _extract(BIG, day, "big8")
+        run = _trigger(BIG, day, "big8")
+        killed = _terminate("clientflow_staging", '%"stg_failbig"%appointments%')
+        print(f"terminated a dbt backend during: {killed}")
+        _wait_state(BIG, day, "SUCCESS", timeout=900)
+        _settled(BIG)
+    assert _tries(BIG, run, "transform.dbt_build") >= 2  # failed for a retry, not for good
+    assert [s for _r, s in _batches(BIG, day)] == ["SUCCESS"]
+    changed = _production(BIG, "select count(*) from practice.patients where client_id = %s and last_name like '%%-6'")
+    assert changed == [(SOURCES[BIG][1] // 10,)]
     _reconciled(BIG)

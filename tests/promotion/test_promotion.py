@@ -177,6 +177,29 @@ def test_a_batch_that_changes_one_row_writes_one_row(settings: Any) -> None:
     assert [p for p, i in versions.items() if i == batch.ingestion_id] == ["P7"]
 
 
+def test_a_dbt_build_retried_after_a_lost_connection_starts_from_dummy_production_as_it_was(settings: Any) -> None:
+    """The dbt build merged part of a batch into dummy production, then lost its database; before
+    the retry (airflow_edge.undo_for_retry) the merged part is undone under the run's own token, so
+    the retried build computes the same change set and the promotion writes every changed row."""
+    mapping = mapping_for("dbt_retry")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(20)))
+    again = tables(20)
+    again[TABLES["patients"]][3]["pt_last"] = "Retried"
+    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", again),
+                            airflow_run_id="retry")
+    transform(settings, mapping, batch)  # the first try got this far before its connection died
+    assert pipeline.undo_partial_transform(settings, batch)["patients"] == 1
+    assert_dummy_equals_production(settings, mapping.client)
+
+    transform(settings, mapping, batch)  # the retry
+    pipeline.validate(settings, mapping, batch)
+    promoted = pipeline.promote(settings, mapping, batch, airflow_run_id="retry")
+    assert promoted["patients"]["updated"] == 1
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P3"] == ("Retried",)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
 def test_a_first_load_refreshes_production_s_statistics_through_the_owner_s_function(settings: Any,
                                                                                       admin_dsn: str) -> None:
     """Without fresh statistics the next promotion's lookups were planned for a client of no rows:
