@@ -249,9 +249,11 @@ def record_failure(mapping: ClientMapping) -> Callable[[dict[str, Any]], None]:
     return callback
 
 
-def undo_for_retry(context: dict[str, Any]) -> None:
-    """A retry callback of the dbt build: the models the failed try merged into dummy production are
-    undone (its lock and fencing token stay), so the retry starts from the state before the batch."""
+@stage
+def undo_before_retry(context: dict[str, Any]) -> None:
+    """First step of a retried dbt build: the models the failed try merged into dummy production are
+    undone under the run's own lock and fencing token, so the retry starts from the state before
+    the batch (a run whose batch failed, or whose lock was taken over, is refused here)."""
     from clientflow import pipeline
 
     batch = known_batch(context["ti"])

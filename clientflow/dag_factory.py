@@ -176,7 +176,7 @@ def build_client_dag(mapping: ClientMapping, events: EventSettings | None = None
         wait = _wait_for_batch(mapping, events)
         found = find_batch(planned)  # type: ignore[arg-type]
         loaded = ingest(found)  # type: ignore[arg-type]
-        transform = dbt_task_group(mapping, edge.IDS, on_retry=[edge.stop_keeping_lock, edge.undo_for_retry])
+        transform = dbt_task_group(mapping, edge.IDS, before_retry=edge.undo_before_retry)
         planned >> wait >> found
         loaded >> transform >> validate(loaded) >> promote(loaded)  # type: ignore[arg-type]
     return dag

@@ -83,7 +83,7 @@ def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dag.get_task("wait_for_batch").deferrable
     build = dag.get_task("transform.dbt_build")
     assert build.retries == 2 and build.retry_exponential_backoff
-    assert edge.undo_for_retry in build.on_retry_callback  # the retry starts from dummy production as it was
+    assert build.before_retry is edge.undo_before_retry  # a retry starts from dummy production as it was
 
 
 _NO_IO = r"""

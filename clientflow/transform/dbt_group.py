@@ -6,8 +6,8 @@ sets, and the merge into dummy production. One dbt start-up per batch instead of
 (a task per model cost about 10 s each, even on 5,000 rows; ``ExecutionMode.WATCHER``, which keeps
 a task per model, is experimental in Cosmos 1.15 and its sensors hang when a test fails). dbt's
 log, which the task log shows, names every model and test with its timing. A build that lost its
-database connection is retried (with the DAG's exponential backoff) once the batch's partial
-changes in dummy production are undone; one that failed on the data is not.
+database connection is retried (with the DAG's exponential backoff), and the retry first undoes
+the batch's partial changes in dummy production; one that failed on the data is not retried.
 
 dbt lives in its own virtualenv; Cosmos calls it through :mod:`clientflow.transform.dbt_scrubbed`,
 which keeps the row values PostgreSQL quotes in its errors out of the task log.
@@ -63,9 +63,21 @@ def profile(ids: ConnectionIds) -> ProfileConfig:
 
 class BatchDbtBuild(DbtBuildLocalOperator):  # type: ignore[misc]
     """The batch's ``dbt build``: a run that lost its database (``dbt_scrubbed`` says so with
-    ``TRANSIENT_EXIT``) fails for a retry, after which the retry callback has undone the batch's
-    partial changes in dummy production; a run that failed on the data fails for good (the batch
-    is recorded FAILED and waits for its cause to be fixed)."""
+    ``TRANSIENT_EXIT``) fails for a retry; a run that failed on the data fails for good (the batch
+    is recorded FAILED and waits for its cause to be fixed). A retry first undoes what the earlier
+    try merged into dummy production (``before_retry``), so it computes the batch's change set
+    against dummy production as it was. That happens in the retry itself, not in a retry callback:
+    a try whose process was killed runs no callback, and Airflow ends a callback that outlasts
+    ``task_success_overtime`` (undoing a first load of 450,000 rows took longer)."""
+
+    def __init__(self, *, before_retry: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.before_retry = before_retry
+
+    def execute(self, context: Any) -> Any:
+        if self.before_retry is not None and context["ti"].try_number > 1:
+            self.before_retry(context)
+        return super().execute(context)
 
     def handle_exception_subprocess(self, result: Any) -> None:
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -80,9 +92,9 @@ class BatchDbtBuild(DbtBuildLocalOperator):  # type: ignore[misc]
 
 
 def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "transform",
-                   on_retry: list[Callable[[dict[str, Any]], None]] | None = None) -> TaskGroup:
-    """The batch's dbt build (every model, then its tests), in a task group of its own. ``on_retry``:
-    the callbacks of a retry after a transient database error (undo the partial build)."""
+                   before_retry: Callable[[dict[str, Any]], None] | None = None) -> TaskGroup:
+    """The batch's dbt build (every model, then its tests), in a task group of its own.
+    ``before_retry``: what a retry after a transient database error does first (undo the partial build)."""
     with TaskGroup(group_id=group_id, tooltip="dbt build of the batch: staging, change sets, dummy production") as group:
         BatchDbtBuild(
             task_id="dbt_build",
@@ -94,7 +106,7 @@ def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "
             vars=batch_vars(mapping),
             install_deps=False,
             retries=2,  # transient database errors only (BatchDbtBuild): a failure on the data is final
-            on_retry_callback=on_retry or [],
+            before_retry=before_retry,
             emit_datasets=False,
         )
     return group

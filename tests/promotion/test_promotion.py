@@ -179,7 +179,7 @@ def test_a_batch_that_changes_one_row_writes_one_row(settings: Any) -> None:
 
 def test_a_dbt_build_retried_after_a_lost_connection_starts_from_dummy_production_as_it_was(settings: Any) -> None:
     """The dbt build merged part of a batch into dummy production, then lost its database; before
-    the retry (airflow_edge.undo_for_retry) the merged part is undone under the run's own token, so
+    the retried build runs (airflow_edge.undo_before_retry) the merged part is undone under the run's own token, so
     the retried build computes the same change set and the promotion writes every changed row."""
     mapping = mapping_for("dbt_retry")
     practice = Practice(settings, mapping.client)
