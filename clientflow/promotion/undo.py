@@ -34,6 +34,11 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
     """Restore dummy production's rows of ``client`` that the batch replaced or inserted; returns
     the rows put back per entity. The caller commits."""
     restored: dict[str, int] = {}
+    # The undo tables were just written by dbt and have no statistics: the planner took them for
+    # tiny and joined them by nested loop, each dummy-production row against a scan of the whole
+    # undo table (the update of a 150,000-patient first load ran over ten minutes). Hash joins
+    # keep the cost to the batch's size.
+    conn.execute("set local enable_nestloop = off")
     present = [n for n in ENTITY_ORDER if _exists(conn, _undo_table(client, n))]
     for name in present:  # put the replaced rows back (their parents all existed before the batch)
         ours, undo = entity(name), _undo_table(client, name)
