@@ -68,6 +68,9 @@ def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | Non
 
 SWEEP_RUN_PREFIX = "sweep__"
 """Run ids of the runs the sweep starts (``sweep__<date>__<run>``, deterministic: one per batch)."""
+AUTOMATIC_RUN_PREFIXES = ("scheduled__", "asset_triggered__", SWEEP_RUN_PREFIX)
+"""Runs nobody asked for: the timetable's, a bucket event's, the sweep's. They never take up a FAILED
+batch; a person's run does (a manual trigger, `clientflow reprocess`, a backfill)."""
 
 
 def next_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batch | None,
@@ -135,7 +138,7 @@ def ingest(
     batch = replace(batch, lock=lock)
     try:
         _skip_if_promoted(settings, batch, arrived, airflow_run_id)
-        if airflow_run_id is not None and airflow_run_id.startswith(SWEEP_RUN_PREFIX):
+        if airflow_run_id is not None and airflow_run_id.startswith(AUTOMATIC_RUN_PREFIXES):
             _leave_failed_to_a_person(settings, batch)
         with connect(settings.staging, batch.where(), "recording the batch") as conn:
             locks.check(conn, lock)
@@ -176,15 +179,16 @@ def _skip_if_promoted(settings: PipelineSettings, batch: Batch, arrived: list[Ar
 
 
 def _leave_failed_to_a_person(settings: PipelineSettings, batch: Batch) -> None:
-    """A run the sweep started takes only a batch the ledger has never seen. The sweep looked before
-    another run took the batch up (the run that uploaded it, say); if that run failed it, the
-    batch now waits for a person, and this run ends without a second attempt (or a second email)."""
-    with connect(settings.staging, batch.where(), "checking the ledger for the sweep's batch") as conn:
+    """A run nobody asked for leaves a FAILED batch alone. Such runs queue behind the one that took
+    the batch up: a second bucket event of the same upload (one message per table's manifest), or
+    the sweep, which looked before that run recorded the batch. Taking it up again would fail it
+    twice (two emails), or promote it behind the back of the person fixing it; it waits for them."""
+    with connect(settings.staging, batch.where(), "checking the ledger for a failed batch") as conn:
         if ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED":
             raise NothingToProcess(
-                f"[{batch.where().describe()}] the sweep found this batch unseen, but another run took it up since "
-                "and it FAILED there: a failed batch waits for a person (clientflow reprocess, "
-                "docs/runbook.md#reprocess-a-failed-batch), not for the sweep")
+                f"[{batch.where().describe()}] another run took this batch up and it FAILED there: a failed batch "
+                "waits for a person (clientflow reprocess, docs/runbook.md#reprocess-a-failed-batch); "
+                "no scheduled, event or sweep run takes it up again")
 
 
 def _load(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, arrived: list[ArrivedTable],

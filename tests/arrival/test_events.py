@@ -149,21 +149,24 @@ def test_the_sweep_finds_the_complete_batch_no_message_announced(settings: Any) 
     assert pipeline.next_batch(settings, mapping.model_copy(update={"sweep_days": 1}), None, today) is None
 
 
-def test_a_sweep_run_leaves_a_batch_another_run_failed_meanwhile_to_a_person(settings: Any) -> None:
-    """The sweep of one run saw a batch unseen; the run that uploaded it took it up first and failed
-    it. The sweep's own run, which starts after, must not process it again (a second failure, a
-    second email): it ends with nothing to do. A person's reprocess still runs it."""
-    mapping = mapping_for("sweep_failed")
+@pytest.mark.parametrize("automatic", [f"sweep__{DAY}__r1", "asset_triggered__2026-11-20T10:00:05+00:00_x",
+                                       "scheduled__2026-11-20T00:00:00+00:00"])
+def test_a_run_nobody_asked_for_leaves_a_batch_another_run_failed_to_a_person(settings: Any, automatic: str) -> None:
+    """The run of one bucket event took the batch up and failed it; the sweep's run, or the run of a
+    second message of the same upload, queued behind it. It must not process the batch again (a
+    second failure and email, or a promotion behind the back of the person fixing it): it ends with
+    nothing to do. A person's run (a manual trigger, clientflow reprocess, a backfill) still runs it."""
+    mapping = mapping_for(f"left_{automatic.split('__')[0]}")
     found = pipeline.find_batch(settings, mapping, Practice(settings, mapping.client).write(DAY, "r1", tables(3)))
-    first = pipeline.ingest(settings, mapping, found, airflow_run_id="manual__first")
-    pipeline.mark_failed(settings, first, "ValidationFailed", airflow_run_id="manual__first")
+    first = pipeline.ingest(settings, mapping, found, airflow_run_id="asset_triggered__first")
+    pipeline.mark_failed(settings, first, "ValidationFailed", airflow_run_id="asset_triggered__first")
 
     with pytest.raises(NothingToProcess, match="waits for a person"):
-        pipeline.ingest(settings, mapping, found, airflow_run_id=f"sweep__{DAY}__r1")
+        pipeline.ingest(settings, mapping, found, airflow_run_id=automatic)
     with psycopg.connect(settings.staging.conninfo()) as conn:
         events_ = [r[0] for r in conn.execute("select state from pipeline.batch_events where ingestion_id = %s "
                                                "order by event_id", (first.ingestion_id,))]
-    assert events_ == ["PENDING", "PROCESSING", "FAILED"]  # the sweep's run recorded nothing
+    assert events_ == ["PENDING", "PROCESSING", "FAILED"]  # the automatic run recorded nothing
     again = pipeline.ingest(settings, mapping, found, airflow_run_id="manual__reprocess")  # a person's reprocess
     assert again.ingestion_id == first.ingestion_id
     pipeline.mark_failed(settings, again, "test", airflow_run_id="manual__reprocess")
