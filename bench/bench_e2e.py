@@ -57,6 +57,13 @@ def dsn(dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=dbname)
 
 
+def scratch_dir() -> Path:
+    """The clone's own scratch directory (.cache, git-ignored), made on a clean clone's first run."""
+    path = ROOT / ".cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def sh(*args: str, env: dict[str, str] | None = None) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
 
@@ -227,7 +234,7 @@ def main() -> int:
     reset_client()
     counts = ehrlogic.create(ADMIN_DSN, SOURCE_DB, args.patients)
     rows = sum(counts.values())
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=ROOT / ".cache") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=scratch_dir()) as tmp:
         base = baseline(Path(tmp))
     print(f"baseline: psql \\copy of {rows:,} rows out of the source and into keyed tables: {base:.1f} s")
     today = date.today()  # the scheduled run of today, if it waits, takes the first batch

@@ -38,7 +38,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import ADMIN_DSN, DAG, PG, ROOT, airflow, dsn, reset_client, run_dag, sh  # noqa: E402
+from bench_e2e import ADMIN_DSN, DAG, PG, ROOT, airflow, dsn, reset_client, run_dag, scratch_dir, sh  # noqa: E402
 
 from client_extractor.contract import parse_key  # noqa: E402
 from clientflow.config import S3Settings  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> int:
     rows = prepare_source(args.patients)
     days = fresh_days(2)
     runs = [f"bench-incremental-{time.strftime('%Y%m%dT%H%M%S')}-{i}" for i in (1, 2)]
-    with tempfile.TemporaryDirectory(prefix="bench-incremental-", dir=ROOT / ".cache") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-incremental-", dir=scratch_dir()) as tmp:
         config = Path(tmp) / "extract.toml"
         config.write_text(f'state_file = "{Path(tmp) / "state.json"}"\n\n[incremental]\n'
                           + "".join(f'{t} = "updated_at"\n' for t in CURSORS), encoding="utf-8")

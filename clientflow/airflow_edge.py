@@ -74,8 +74,10 @@ def run_plan(client: str, context: dict[str, Any]) -> dict[str, Any]:
     from clientflow import pipeline
 
     params = context["params"]
+    announced = _announced(client, context)
+    seen = pipeline.seen_of(_settings(), client, announced) if params.get("batch_date") in (None, "") else set()
     planned = pipeline.plan(client, params.get("batch_date"), params.get("run_id"), context.get("logical_date"),
-                            _announced(client, context))
+                            announced, seen)
     return planned.to_xcom()
 
 

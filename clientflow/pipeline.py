@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -35,19 +35,29 @@ log = logging.getLogger(__name__)
 
 
 def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | None,
-         announced: Sequence[Announced] | None = None) -> Batch:
+         announced: Sequence[Announced] | None = None,
+         seen: Collection[tuple[date, str]] = frozenset()) -> Batch:
     """The batch to wait for: the ``batch_date`` param, else the oldest batch the bucket's
-    messages announced (a run started by bucket events), else the run's logical date, else today.
+    messages announced (a run started by bucket events) that the ledger has not ``seen``, else the
+    run's logical date, else today.
 
     Scheduled runs and ``airflow backfill create`` runs carry a logical date and no params, so a
     backfill reprocesses each date from the JSON files kept in the bucket. ``announced`` is None
     for a run no bucket event started; an empty list means every message of the run was dropped.
+    ``seen``: (date, run id) of the batches the ledger holds. Events queue while a run of the client
+    is busy, so one run's messages can announce a batch an earlier run has already taken up beside
+    a new one: the run takes the new one at once, rather than ending on the old one as a duplicate
+    and leaving the new one to the sweep's next run.
     """
     where = Where(client=client)
     if batch_date in (None, "") and announced is not None:
         if not announced:
             raise NothingToProcess("every bucket message of this run was dropped (the lines above say why)")
-        first, *others = announced
+        unseen = [a for a in announced if (a.day, a.run_id) not in seen]
+        if not unseen:
+            raise NothingToProcess("the ledger already holds every batch this run's messages announce: "
+                                   + ", ".join(sorted({f"{a.day} run {a.run_id}" for a in announced})))
+        first, *others = unseen
         if others:
             log.info("[%s] the messages announce %d more batch(es): %s; the sweep starts a run for each in turn",
                      where.describe(), len(others), ", ".join(f"{a.day} run {a.run_id}" for a in others))
@@ -64,6 +74,14 @@ def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | Non
     if run_id not in (None, "") and not (isinstance(run_id, str) and RUN_ID.match(run_id)):
         raise BadInputError(f"param run_id must be {RUN_ID_RULE}", where)
     return Batch(client=client, day=day, run_id=run_id or None)
+
+
+def seen_of(settings: PipelineSettings, client: str, announced: Sequence[Announced] | None) -> set[tuple[date, str]]:
+    """(date, run id) of the ``announced`` batches the ledger already holds (any state), for :func:`plan`."""
+    if not announced:
+        return set()
+    with connect(settings.staging, Where(client=client), "reading the ledger for the announced batches") as conn:
+        return ledger.seen_runs(conn, client, min(a.day for a in announced)) & {(a.day, a.run_id) for a in announced}
 
 
 SWEEP_RUN_PREFIX = "sweep__"

@@ -99,6 +99,23 @@ def test_a_run_started_by_events_plans_the_oldest_announced_batch() -> None:
     assert pipeline.plan("acme", None, None, None, None).run_id is None  # no event: as before
 
 
+def test_a_run_whose_messages_announce_a_batch_already_taken_up_takes_the_new_one(settings: Any) -> None:
+    """Events queue while a run of the client is busy: the next run's messages can announce the
+    batch the busy run took (more manifests of the same upload) beside a new one. The run takes the
+    new one at once; if the ledger holds every announced batch, it has nothing to do."""
+    mapping = mapping_for("ev_seen")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(3, "one")))  # the busy run's batch, now SUCCESS
+    announced = [Announced(DAY, "r1"), Announced(DAY, "r1"), Announced(date(2026, 11, 21), "r1")]
+    seen = pipeline.seen_of(settings, mapping.client, announced)
+    assert seen == {(DAY, "r1")}
+    planned = pipeline.plan(mapping.client, None, None, None, announced, seen)
+    assert (planned.day, planned.run_id) == (date(2026, 11, 21), "r1")
+    with pytest.raises(NothingToProcess, match="ledger already holds every batch"):
+        pipeline.plan(mapping.client, None, None, None, announced[:2], seen)
+    assert pipeline.seen_of(settings, mapping.client, None) == set()
+
+
 def test_the_bucket_notifies_each_clients_queue_of_its_manifests_only(s3_server: str) -> None:
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="local-access-key",
                       aws_secret_access_key="local-secret-key")
