@@ -84,6 +84,7 @@ STAGING_GRANTS = (
     "grant usage on schema practice to {loader}, {transformer}",
     "grant select, insert, update on all tables in schema practice to {transformer}",
     "grant select, insert, update, delete on all tables in schema practice to {loader}",
+    "grant execute on function practice.refresh_statistics(text) to {loader}, {transformer}",
     # Created at run time: dbt reads the raw tables the loader creates; the tasks read dbt's
     # tables (validation, the change sets) and empty a failed batch's undo tables.
     "alter default privileges for role {loader} grant usage on schemas to {transformer}",

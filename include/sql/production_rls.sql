@@ -24,19 +24,3 @@ begin
     end loop;
 end
 $$;
-
--- The promoter owns no table, so it may not ANALYZE one. After a client's first load (or any large
--- change set) the statistics still describe the tables without those rows, and the next
--- promotion's lookups are planned for a client of no rows: a nested loop that compares every
--- incoming row with every row of the client (minutes for 150,000 rows instead of a second). This
--- function, owned by the tables' owner, refreshes one entity's statistics, and nothing else.
-create or replace function refresh_statistics(entity text) returns void
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
-begin
-    if entity is null or entity not in ('providers', 'patients', 'appointments', 'procedures') then
-        raise exception 'refresh_statistics: not a production entity' using errcode = '22023';
-    end if;
-    execute format('analyze practice.%I', entity);
-end
-$$;
-revoke all on function refresh_statistics(text) from public;

@@ -131,14 +131,16 @@ def history(settings: Any, ingestion: str) -> list[str]:
         return ledger.history(conn, ingestion)
 
 
-def run_batch(settings: Any, mapping: ClientMapping, found: Batch, *, holder: str = "test") -> Batch:
-    """ingest -> dbt -> validate -> promote, as the DAG would; returns the promoted batch."""
+def run_batch(settings: Any, mapping: ClientMapping, found: Batch, *, holder: str = "test",
+              dbt_vars: dict[str, Any] | None = None) -> Batch:
+    """ingest -> dbt -> validate -> promote, as the DAG would; returns the promoted batch.
+    ``dbt_vars``: the project's own dbt vars to set (tests/support/transform.py)."""
     from clientflow import pipeline
     from tests.support.transform import transform
 
     batch = pipeline.ingest(settings, mapping, found, airflow_run_id=holder)
     try:
-        transform(settings, mapping, batch)
+        transform(settings, mapping, batch, dbt_vars)
         pipeline.validate(settings, mapping, batch)
         pipeline.promote(settings, mapping, batch, airflow_run_id=holder)
     except BaseException as exc:

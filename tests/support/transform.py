@@ -38,10 +38,11 @@ def as_transformer(settings: Any) -> Any:
     return settings.staging.model_copy(update={"user": TRANSFORMER_ROLE, "password": password})
 
 
-def transform(settings: Any, mapping: Any, batch: Any) -> None:
+def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any] | None = None) -> None:
+    """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build."""
     staging = as_transformer(settings)
     dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch.ingestion_id, "batch_date": batch.day.isoformat(),
-                "fence_token": batch.lock.token}
+                "fence_token": batch.lock.token, **(extra_vars or {})}
     env = {
         **os.environ,
         "CLIENTFLOW_STAGING_HOST": staging.host,

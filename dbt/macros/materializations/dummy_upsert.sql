@@ -6,7 +6,8 @@
     foreign key of the written rows in one query per key (config `parents`) instead of one lookup
     per row: per-row foreign-key triggers are off for the transaction (session_replication_role,
     granted to the staging role for this). A broken reference fails the model, and the whole
-    transaction (the undo capture of the pre-hooks included) rolls back.
+    transaction (the undo capture of the pre-hooks included) rolls back. A batch that wrote more
+    than a tenth of the table refreshes its statistics in the same transaction.
 #}
 {% materialization dummy_upsert, adapter='postgres' %}
     {%- set target = this.incorporate(type='table') -%}
@@ -40,7 +41,14 @@
                 where p.client_id = c.client_id and p.{{ fk['column'] }} = c.{{ fk['column'] }}
             );
         {%- endfor %}
-        set local session_replication_role = origin
+        set local session_replication_role = origin;
+        {#- Statistics that still describe the table without this batch's rows would plan the next
+            model's (and the next batch's) lookups for a table of no rows. Refreshed when the batch
+            wrote more than a share of the table (var statistics_refresh_share, a tenth), as
+            autovacuum would (which may be off, or late). #}
+        select {{ target.schema }}.refresh_statistics({{ sql_literal(target.identifier) }})
+            where (select count(*) from ({{ sql }}) as c)
+                > {{ var('statistics_refresh_share') | float }} * greatest((select reltuples from pg_class where oid = {{ sql_literal(quote_ident(target.schema) ~ '.' ~ quote_ident(target.identifier)) }}::regclass), 0)
     {%- endcall %}
 
     {{ run_hooks(post_hooks, inside_transaction=True) }}

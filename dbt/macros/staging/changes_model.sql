@@ -19,7 +19,9 @@ with kept as (
     where occurrence = 1 and not has_error
 ),
 
-current_rows as (
+{#- Not materialized: each use is planned on its own, so a small batch looks its keys up by index
+    instead of copying every row of the client (1-2 million) into a temporary store first. #}
+current_rows as not materialized (
     select * from {{ dummy_production(entity) }}
     where client_id = {{ client }}
 ),
