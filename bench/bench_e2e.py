@@ -177,6 +177,25 @@ def run_dag(day: date, arrived: float, batch_run_id: str | None = None) -> dict[
     return times
 
 
+def settle(timeout: float = 300, quiet: float = 10) -> None:
+    """Wait until the client's DAG has had no run queued or running, and no bucket event waiting for
+    a run, for ``quiet`` seconds: the other runs of a batch's bucket events (one message per table's
+    manifest) end skipped after it. A client's next batch comes a day later, not seconds after the
+    last promotion, so it is timed on a stack that has settled."""
+    deadline = time.time() + timeout
+    idle_since: float | None = None
+    with psycopg.connect(dsn("clientflow_airflow"), autocommit=True) as meta:
+        while time.time() < deadline:
+            (busy,) = meta.execute(
+                "select (select count(*) from dag_run where dag_id = %s and state in ('queued', 'running')) "
+                "+ (select count(*) from asset_dag_run_queue where target_dag_id = %s)", (DAG, DAG)).fetchone()  # type: ignore[misc]
+            idle_since = None if busy else (idle_since or time.time())
+            if idle_since is not None and time.time() - idle_since >= quiet:
+                return
+            time.sleep(1)
+    raise SystemExit(f"runs of {DAG} still queued or running after {timeout:.0f} s; see the Airflow UI")
+
+
 def reset_client(client: str = CLIENT, *, keep_ledger: bool = False) -> None:
     """Forget a client (by default the sample one) on the local stack (raw, staging, dummy and real production,
     profiles, rejects, schema versions and, unless ``keep_ledger``, its ledger), so each run of the
@@ -241,6 +260,7 @@ def main() -> int:
     tomorrow = date.fromordinal(today.toordinal() + 1)
     with PeakRss() as peak:
         first = run_dag(today, extract(today))
+        settle()
         changed = change_one_percent(args.patients)
         second = run_dag(tomorrow, extract(tomorrow))
     for name, times in (("first batch", first), (f"second batch ({changed:,} rows changed)", second)):

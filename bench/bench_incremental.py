@@ -9,7 +9,9 @@
    one row's).
 2. Day 1: the extractor binary, with the four tables in its config's ``[incremental]`` and a fresh
    state file, takes full snapshots (no state yet); the DAG run promotes the batch.
-3. ``--changed-share`` of every table's rows change at the source (new values, ``updated_at`` now).
+3. Once the stack has settled (no run of the client queued or running: the other runs of day 1's
+   bucket events end skipped), ``--changed-share`` of every table's rows change at the source (new
+   values, ``updated_at`` now).
 4. Day 2: the same command extracts incrementally: the changed rows and the one row at each
    table's previous high mark (the window's start is inclusive); the DAG run promotes it.
 
@@ -38,7 +40,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import ADMIN_DSN, DAG, PG, ROOT, airflow, dsn, reset_client, run_dag, scratch_dir, sh  # noqa: E402
+from bench_e2e import ADMIN_DSN, DAG, PG, ROOT, airflow, dsn, reset_client, run_dag, scratch_dir, settle, sh  # noqa: E402
 
 from client_extractor.contract import parse_key  # noqa: E402
 from clientflow.config import S3Settings  # noqa: E402
@@ -130,6 +132,7 @@ def main() -> int:
                           + "".join(f'{t} = "updated_at"\n' for t in CURSORS), encoding="utf-8")
         full_seconds, landed = extract(days[0], config, "--run-id", runs[0])
         full = run_dag(days[0], landed, runs[0])
+        settle()
         changed = change(args.changed_share)
         incr_seconds, landed = extract(days[1], config, "--run-id", runs[1])
         incr = run_dag(days[1], landed, runs[1])

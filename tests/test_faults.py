@@ -158,3 +158,15 @@ def test_permanent_errors_fail_fast() -> None:
 
     with pytest.raises(AirflowFailException, match="mapped column missing"):
         stage(drifted)()
+
+
+def test_the_pipeline_s_connections_run_without_jit_and_start_outside_a_transaction(settings: Any) -> None:
+    """JIT compilation cost 1.5-2 s per query on our machines, more than a small batch's queries take
+    to run; the setting must not leave the block inside a transaction (``conn.transaction()`` would
+    then be a savepoint, committed only when the block ends)."""
+    from clientflow.db import connect
+    from clientflow.errors import Where
+
+    with connect(settings.staging, Where(client="jit"), "checking the session") as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("show jit").fetchone() == ("off",)

@@ -11,7 +11,8 @@
     create table if not exists {{ undo }} as
         select true as existed, ''::text as undo_for, ''::text as undo_key, d.*
         from {{ dummy_production(entity) }} as d with no data;
-    delete from {{ undo }};
+    {#- truncate, not delete: the previous batch's rows (a first load's are every row) cost nothing to drop #}
+    truncate {{ undo }};
     insert into {{ undo }}
         select d.client_id is not null, {{ sql_literal(var('ingestion_id')) }}, c.{{ key }}, d.*
         from {{ ref('changes_' ~ entity) }} as c
