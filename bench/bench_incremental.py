@@ -82,13 +82,15 @@ def change(share: float) -> int:
 
 
 def fresh_days(count: int) -> list[date]:
-    """The first ``count`` dates from tomorrow on for which the bucket holds no file of the client:
-    no earlier run of a benchmark can be mistaken for this one's batches."""
+    """The first ``count`` dates from tomorrow on for which neither the bucket nor the ledger knows a
+    batch of the client: no earlier run of a benchmark can be mistaken for this one's batches."""
     s3 = S3Settings(bucket=s3_bucket(), endpoint_url=f"http://127.0.0.1:{os.environ.get('CLIENTFLOW_S3_PORT', '5055')}",
                     access_key_id="local-access-key", secret_access_key="local-secret-key").client()
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket(), Prefix="client=ehrlogic/")
             for o in page.get("Contents", [])]
     used = {p.day for p in map(parse_key, keys) if p is not None}
+    with psycopg.connect(dsn("clientflow_staging")) as conn:  # the bucket forgets when its server restarts
+        used |= {row[0] for row in conn.execute("select batch_date from pipeline.batches where client_name = 'ehrlogic'")}
     out: list[date] = []
     day = date.today()
     while len(out) < count:
