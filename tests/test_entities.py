@@ -55,6 +55,7 @@ def declared_ddl(entity: Entity) -> sql.Composable:
     create = sql.SQL("create table {} ({})").format(sql.Identifier(entity.name), sql.SQL(", ").join(items))
     indexes = [sql.SQL("create index on {} ({}, {})").format(
         sql.Identifier(entity.name), sql.Identifier(CLIENT_KEY), sql.Identifier(fk.column)) for fk in entity.parents]
+    indexes.append(sql.SQL("create index on {} (ingestion_id)").format(sql.Identifier(entity.name)))  # a batch's rows
     return sql.SQL("; ").join([create, *indexes])
 
 

@@ -99,6 +99,14 @@ create table if not exists procedures (
 
 create index if not exists procedures_appointment_idx on procedures (client_id, appointment_id);
 
+-- The rows a batch wrote (ingestion_id names the batch that last wrote a row): its dbt tests in
+-- dummy production, the counts that reconcile a batch, a first load's key check, tracing a batch.
+-- Every row of a batch has the same key, so the index is small (deduplicated posting lists).
+create index if not exists providers_batch_idx on providers (ingestion_id);
+create index if not exists patients_batch_idx on patients (ingestion_id);
+create index if not exists appointments_batch_idx on appointments (ingestion_id);
+create index if not exists procedures_batch_idx on procedures (ingestion_id);
+
 -- One row per promoted batch, written in the promotion's own transaction: if it is here, the
 -- batch is in production (the ledger in the staging database may lag behind after a crash).
 -- A row's promotion time is its batch's promoted_at here (join on ingestion_id): one row per
