@@ -75,9 +75,8 @@ def run_plan(client: str, context: dict[str, Any]) -> dict[str, Any]:
 
     params = context["params"]
     announced = _announced(client, context)
-    seen = pipeline.seen_of(_settings(), client, announced) if params.get("batch_date") in (None, "") else set()
     planned = pipeline.plan(client, params.get("batch_date"), params.get("run_id"), context.get("logical_date"),
-                            announced, seen)
+                            announced, pipeline.seen_of(_settings(), client, announced))
     return planned.to_xcom()
 
 

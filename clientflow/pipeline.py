@@ -155,9 +155,7 @@ def ingest(
                              holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")
     batch = replace(batch, lock=lock)
     try:
-        _skip_if_promoted(settings, batch, arrived, airflow_run_id)
-        if airflow_run_id is not None and airflow_run_id.startswith(AUTOMATIC_RUN_PREFIXES):
-            _leave_failed_to_a_person(settings, batch)
+        _skip_if_taken(settings, batch, arrived, airflow_run_id)
         with connect(settings.staging, batch.where(), "recording the batch") as conn:
             locks.check(conn, lock)
             ledger.record_batch(conn, ingestion_id, arrived, dag_id=dag_id, airflow_run_id=airflow_run_id,
@@ -175,38 +173,38 @@ def ingest(
     return replace(batch, loaded=loaded)
 
 
-def _skip_if_promoted(settings: PipelineSettings, batch: Batch, arrived: list[ArrivedTable],
-                      airflow_run_id: str | None) -> None:
-    """Raise DuplicateBatch if the ledger (the source of truth) has this content as promoted.
+def _skip_if_taken(settings: PipelineSettings, batch: Batch, arrived: list[ArrivedTable],
+                   airflow_run_id: str | None) -> None:
+    """Raise DuplicateBatch if the ledger (the source of truth) has this content as promoted, and
+    NothingToProcess if it FAILED and this is a run nobody asked for (:data:`AUTOMATIC_RUN_PREFIXES`).
 
     Redis remembers promoted ids too, but only as a hint: a Redis entry the ledger does not
     confirm (a restored database, a shared Redis) never causes a skip.
+
+    A run nobody asked for leaves a FAILED batch alone. Such runs queue behind the one that took
+    the batch up: a second bucket event of the same upload (one message per table's manifest), or
+    the sweep, which looked before that run recorded the batch. Taking it up again would fail it
+    twice (two emails), or promote it behind the back of the person fixing it; it waits for them.
     """
     ingestion_id = batch.require_ingestion_id()
     hinted = locks.known_promoted(settings.redis, ingestion_id)
-    with connect(settings.staging, batch.where(), "checking the ledger for duplicates") as conn:
-        if ledger.state_of(conn, ingestion_id) in ledger.DONE:
+    automatic = airflow_run_id is not None and airflow_run_id.startswith(AUTOMATIC_RUN_PREFIXES)
+    with connect(settings.staging, batch.where(), "checking the ledger for duplicates and failures") as conn:
+        state = ledger.state_of(conn, ingestion_id)
+        if state in ledger.DONE:
             locks.check(conn, batch.require_lock())
             ledger.record_duplicate(conn, ingestion_id, [t.files.data_key for t in arrived],
                                     run_id=batch.run_id or "", airflow_run_id=airflow_run_id)
             conn.commit()  # leaving the block by an exception would roll the event back
             raise DuplicateBatch(ingestion_id)
-    if hinted:
-        log.warning("[%s] Redis lists batch %s as promoted but the ledger does not; processing it",
-                    batch.where().describe(), ingestion_id)
-
-
-def _leave_failed_to_a_person(settings: PipelineSettings, batch: Batch) -> None:
-    """A run nobody asked for leaves a FAILED batch alone. Such runs queue behind the one that took
-    the batch up: a second bucket event of the same upload (one message per table's manifest), or
-    the sweep, which looked before that run recorded the batch. Taking it up again would fail it
-    twice (two emails), or promote it behind the back of the person fixing it; it waits for them."""
-    with connect(settings.staging, batch.where(), "checking the ledger for a failed batch") as conn:
-        if ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED":
+        if state == "FAILED" and automatic:
             raise NothingToProcess(
                 f"[{batch.where().describe()}] another run took this batch up and it FAILED there: a failed batch "
                 "waits for a person (clientflow reprocess, docs/runbook.md#reprocess-a-failed-batch); "
                 "no scheduled, event or sweep run takes it up again")
+    if hinted:
+        log.warning("[%s] Redis lists batch %s as promoted but the ledger does not; processing it",
+                    batch.where().describe(), ingestion_id)
 
 
 def _load(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, arrived: list[ArrivedTable],
