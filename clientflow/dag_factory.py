@@ -110,7 +110,9 @@ def _wait_for_batch(mapping: ClientMapping, events: EventSettings | None) -> Bat
         wildcard_match=True,
         check_fn=sensor_check(mapping),
         deferrable=True,
-        poke_interval=30,
+        # Without events a batch may come any time of the day: a look every 30 s. With them, the run
+        # only waits out the rest of a batch that is being uploaded (EventSettings.sensor_poke_seconds).
+        poke_interval=events.sensor_poke_seconds if events else 30,
         # Without bucket events the scheduled run is how a batch is found: it waits all day.
         # With them, every manifest starts a run, so a run waits briefly and then ends skipped
         # (not failed), leaving the client free; its sweep still runs.

@@ -66,6 +66,11 @@ class EventSettings:
     skipped; each later manifest starts a run of its own. Short, because runs of a client queue
     behind each other: a scheduled run waiting for a batch that is not there would hold back the
     runs the events start."""
+    sensor_poke_seconds: int = 5
+    """How often that waiting run looks at the bucket again. Short for the same reason: while it
+    waits, the run a manifest's event started queues behind it, so the batch starts within a few
+    seconds of its last manifest instead of up to a poke interval (30 s) plus a resume later.
+    Each look is one listing of the client's prefix for the day."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EventSettings | None:
@@ -77,7 +82,8 @@ class EventSettings:
             raise ValueError(f"{QUEUE_URL_ENV} must contain {{queue}} (where each client's queue name goes)")
         return cls(url, int(env.get("CLIENTFLOW_EVENTS_WAIT_SECONDS", "10")),
                    int(env.get("CLIENTFLOW_EVENTS_DELAY_SECONDS", "5")),
-                   sensor_timeout=timedelta(minutes=float(env.get("CLIENTFLOW_EVENTS_SENSOR_MINUTES", "2"))))
+                   sensor_timeout=timedelta(minutes=float(env.get("CLIENTFLOW_EVENTS_SENSOR_MINUTES", "2"))),
+                   sensor_poke_seconds=int(env.get("CLIENTFLOW_EVENTS_POKE_SECONDS", "5")))
 
     def url_for(self, client: str) -> str:
         return self.queue_url.format(queue=queue_name(client))

@@ -210,4 +210,8 @@ def test_the_dag_watches_its_queue_and_keeps_its_timetable_for_backfills() -> No
     assert kwargs["waiter_delay"] == settings.delay_seconds
     sensor = dag.get_task("wait_for_batch")
     assert sensor.soft_fail and sensor.timeout == settings.sensor_timeout.total_seconds()
+    assert sensor.poke_interval == settings.sensor_poke_seconds == 5  # the batch starts soon after its last manifest
     assert not plain.get_task("wait_for_batch").soft_fail  # without events the scheduled run waits all day
+    assert plain.get_task("wait_for_batch").poke_interval == 30
+    slower = EventSettings.from_env({"CLIENTFLOW_EVENTS_QUEUE_URL": "http://h/{queue}", "CLIENTFLOW_EVENTS_POKE_SECONDS": "12"})
+    assert slower is not None and build_client_dag(mapping, slower).get_task("wait_for_batch").poke_interval == 12
