@@ -176,13 +176,12 @@ select * from final
     The keys a child row of this batch may refer to through foreign key `fk` ({column, entity}):
     the parents this batch keeps, and the parents dummy production holds (not deleted) that the
     batch does not delete (a full snapshot of the parent that no longer holds one deletes it).
-    One set, joined once (a hash join), rather than a lookup per child row.
-#}
-{#
-    The parent keys a batch's rows may refer to: a valid row of the parent's staging model, or a
-    live row of dummy production (not one a full snapshot of the parent is deleting). Only the
-    keys the batch refers to are looked up, so an incremental batch of a few thousand rows costs a
-    few thousand lookups, not a pass over every parent the client has.
+    Only the keys the batch refers to are looked up, and dummy production only for those the
+    batch's own parents do not answer: a full snapshot, whose children refer to its own parents,
+    looks up none there (it looked up every one: 1,000,000 index probes, 7.6 s of the 34 s of
+    2,000,000 appointments), and an incremental batch looks up the few thousand it needs. The
+    two parts are disjoint, so they are appended without a pass to remove duplicates. Joined once
+    (a hash join), rather than a lookup per child row.
 #}
 {% macro valid_parents(fk, children) -%}
     {#- our foreign keys name the parent's key column (clientflow.entities.ForeignKey) -#}
@@ -191,17 +190,21 @@ select * from final
     {%- set deletes = snapshot_deletes(fk['entity'], parent_key) -%}
     with referenced as (
         select distinct {{ parent_key }} as parent_key from {{ children }} where {{ parent_key }} is not null
+    ),
+    in_batch as (
+        select r.parent_key
+        from referenced as r
+        inner join {{ stg_parent }} as s on s.{{ parent_key }} = r.parent_key
+        where s.occurrence = 1 and not s.has_error
     )
-    select r.parent_key
-    from referenced as r
-    inner join {{ stg_parent }} as s on s.{{ parent_key }} = r.parent_key
-    where s.occurrence = 1 and not s.has_error
-    union
+    select parent_key from in_batch
+    union all
     select r.parent_key
     from referenced as r
     inner join {{ dummy_production(fk['entity']) }} as d
         on d.client_id = {{ sql_literal(var('client')) }} and d.{{ parent_key }} = r.parent_key
     where d.deleted_at is null
+        and not exists (select 1 from in_batch as b where b.parent_key = r.parent_key)
         {%- if deletes != 'false' %}
         and (not {{ deletes }}
             or exists (select 1 from {{ stg_parent }} as s where s.{{ parent_key }} = d.{{ parent_key }}))
