@@ -160,7 +160,7 @@ def test_permanent_errors_fail_fast() -> None:
         stage(drifted)()
 
 
-def test_the_pipeline_s_connections_run_without_jit_and_start_outside_a_transaction(settings: Any) -> None:
+def test_the_pipeline_s_connections_run_without_jit_with_ssd_costs_and_start_outside_a_transaction(settings: Any) -> None:
     """JIT compilation cost 1.5-2 s per query on our machines, more than a small batch's queries take
     to run; the setting must not leave the block inside a transaction (``conn.transaction()`` would
     then be a savepoint, committed only when the block ends)."""
@@ -170,3 +170,4 @@ def test_the_pipeline_s_connections_run_without_jit_and_start_outside_a_transact
     with connect(settings.staging, Where(client="jit"), "checking the session") as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("show jit").fetchone() == ("off",)
+        assert conn.execute("show random_page_cost").fetchone() == ("1.1",)
