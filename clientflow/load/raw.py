@@ -210,8 +210,13 @@ def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool
 
 
 def analyze(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
-    """Refresh a raw table's statistics after a load (a sample: a fraction of a second)."""
-    conn.execute(sql.SQL("analyze {}").format(ident(schema, table)))
+    """Refresh a raw table's statistics after a load: its row count and its ``ingestion_id``
+    column, which is all that the queries on raw filter or join on (a batch's rows, by its
+    ingestion id). Without them the staging models took a new batch for one row and planned
+    nested loops over it (20,001 appointments ran for minutes instead of a second). The client's
+    own columns are only read and cast, so their statistics would be computed for nothing: 0.15 to
+    0.29 s per table instead of 0.39 to 0.47 s, on every batch."""
+    conn.execute(sql.SQL("analyze {} (ingestion_id)").format(ident(schema, table)))
 
 
 def discard_batch(conn: psycopg.Connection[Any], schema: str, table: str, ingestion_id: str) -> None:

@@ -12,12 +12,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from clientflow.errors import BadInputError, IntegrityError
 from clientflow.load import jsonrows, raw
 from tests.support.rawload import (
     SCHEMA,
     SOURCE,
+    TABLE,
     TinyReads,
     columns,
     extractor_layout,
@@ -166,6 +168,23 @@ def test_a_later_batch_adds_new_columns_and_keeps_earlier_rows(scratch_db: str) 
     assert stored_batches(scratch_db) == {"batch-1": 1, "batch-2": 1}
     assert stored(scratch_db, ["a", "b"], ingestion_id="batch-1") == [("1", None)]
     assert stored(scratch_db, ["a", "b"]) == [("2", '{"x": 1}')]
+
+
+def test_a_load_s_statistics_know_its_batch(scratch_db: str) -> None:
+    """After a load, the raw table's statistics hold its row count and the batches' share of it
+    (what the staging models filter on)."""
+    for batch, rows in (("batch-1", 3000), ("batch-2", 1000)):
+        data = extractor_layout([{"a": str(i)} for i in range(rows)])
+        load(scratch_db, data, manifest(data, rows, columns("a")), ingestion_id=batch)
+        with psycopg.connect(scratch_db) as conn:
+            raw.analyze(conn, SCHEMA, TABLE)
+    with psycopg.connect(scratch_db) as conn:
+        stats = dict(conn.execute("select attname, most_common_freqs from pg_stats where schemaname = %s and tablename = %s",
+                                  (SCHEMA, TABLE)).fetchall())
+        known = conn.execute("select reltuples from pg_class where oid = %s::regclass",
+                             (sql.Identifier(SCHEMA, TABLE).as_string(conn),)).fetchone()
+    assert sorted(stats["ingestion_id"]) == [0.25, 0.75]
+    assert known == (4000,)
 
 
 # ---------------------------------------------------------------------------------------------
