@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from clientflow.config import PostgresSettings
 from clientflow.errors import PermanentError, TransientError, Where
@@ -59,21 +60,33 @@ def wrap_db_error(exc: psycopg.Error, where: Where, doing: str) -> PermanentErro
     return TransientError(text, where) if is_transient(exc) else PermanentError(text, where)
 
 
+SESSION_SETTINGS = {"jit": "off", "random_page_cost": "1.1"}
+"""The planner settings of every session of the pipeline and of dbt (PGOPTIONS, clientflow.transform.dbt_group).
+
+- No JIT compilation: each of the pipeline's queries runs once, and compiling one of its plans took
+  1.5-2 s on our machines, more than running it on any batch but the largest (dbt's staging models
+  of a large batch turn it back on: dbt/macros/staging/planner_settings.sql).
+- Random reads cost what they cost on SSDs: a batch's checks join its rows to the client's tables by
+  key, and at the default cost (4, for spinning disks) the planner read all 2,000,000
+  dummy-production appointments to count an incremental batch's 20,000 (0.66 s) instead of looking
+  them up (0.19 s); a large batch still gets hash joins.
+"""
+
+
+def pg_options() -> str:
+    """SESSION_SETTINGS as libpq's ``options`` (the PGOPTIONS of a program that connects on its own)."""
+    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+
+
 @contextmanager
 def connect(settings: PostgresSettings, where: Where, doing: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection (committed when the block ends, rolled back on an error) whose PostgreSQL,
-    S3 and Redis errors, inside the block too, come out as ours and name ``where``; without JIT,
-    and with random reads costed as on SSDs (as dbt's sessions, clientflow.transform.dbt_group)."""
+    S3 and Redis errors, inside the block too, come out as ours and name ``where``; with the
+    SESSION_SETTINGS."""
     from clientflow.faults import named
 
     with named(where, f"{doing} on {settings.describe()}"), psycopg.connect(settings.conninfo()) as conn:
-        # No JIT compilation: each of the pipeline's queries runs once, and compiling one of its
-        # plans took 1.5-2 s on our machines, more than running it on any batch but the largest.
-        conn.execute("set jit = off")
-        # A batch's checks join its rows to the client's tables by key. At the default cost of a
-        # random read (4, for spinning disks) the planner read all 2,000,000 dummy-production
-        # appointments to count an incremental batch's 20,000 (0.66 s) instead of looking them up
-        # (0.19 s); a large batch still gets hash joins.
-        conn.execute("set random_page_cost = 1.1")
+        for name, value in SESSION_SETTINGS.items():
+            conn.execute(sql.SQL("set {} = {}").format(sql.Identifier(name), sql.Literal(value)))
         conn.commit()  # the session keeps it; the block starts outside any transaction, as before
         yield conn

@@ -84,6 +84,7 @@ def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     build = dag.get_task("transform.dbt_build")
     assert build.retries == 2 and build.retry_exponential_backoff
     assert build.before_retry is edge.undo_before_retry  # a retry starts from dummy production as it was
+    assert build.env["PGOPTIONS"] == "-c jit=off -c random_page_cost=1.1"  # dbt plans as the pipeline does
 
 
 _NO_IO = r"""

@@ -27,6 +27,7 @@ from cosmos.operators.local import DbtBuildLocalOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from clientflow.config import ConnectionIds
+from clientflow.db import pg_options
 from clientflow.mapping import ClientMapping
 from clientflow.transform.dbt_scrubbed import TRANSIENT_EXIT
 
@@ -108,12 +109,9 @@ def dbt_task_group(mapping: ClientMapping, ids: ConnectionIds, group_id: str = "
             retries=2,  # transient database errors only (BatchDbtBuild): a failure on the data is final
             before_retry=before_retry,
             emit_datasets=False,
-            # No JIT compilation in dbt's sessions: compiling a model's or a test's query took
-            # 1.5-2 s each on this project's plans, for batches where running it takes 0.1 s. The
-            # staging models of a large batch, which JIT speeds up a little, turn it back on
-            # (dbt/macros/staging/planner_settings.sql). Random reads cost what they cost on
-            # SSDs: a batch of 14,000 appointments checks its patients by index lookups, not by
-            # reading the client's 1,000,000 patients.
-            env={"PGOPTIONS": "-c jit=off -c random_page_cost=1.1"},
+            # The pipeline's planner settings (clientflow.db.SESSION_SETTINGS: no JIT compilation,
+            # SSD costs for random reads): a batch of 14,000 appointments checks its patients by
+            # index lookups, not by reading the client's 1,000,000 patients.
+            env={"PGOPTIONS": pg_options()},
         )
     return group
