@@ -7,8 +7,9 @@
    builds a source database of ``--patients`` patients (4 tables, 4.0 rows per patient) whose every
    table carries an ``updated_at`` cursor, indexed (one second apart at first, so a high mark is
    one row's).
-2. Once the stack has settled (its first runs end skipped: see ``settle``), day 1: the extractor binary, with the four tables in its config's ``[incremental]`` and a fresh
-   state file, takes full snapshots (no state yet); the DAG run promotes the batch.
+2. Once the stack has settled (its first runs end skipped: see ``settle``), day 1: the extractor
+   binary, with the four tables in its config's ``[incremental]`` and a fresh state file, takes
+   full snapshots (no state yet); the DAG run promotes the batch.
 3. Once the stack has settled (no run of the client queued or running: the other runs of day 1's
    bucket events end skipped), ``--changed-share`` of every table's rows change at the source (new
    values, ``updated_at`` now).
