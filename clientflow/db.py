@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from clientflow.config import PostgresSettings
 from clientflow.errors import PermanentError, TransientError, Where
@@ -74,7 +73,7 @@ SESSION_SETTINGS = {"jit": "off", "random_page_cost": "1.1"}
 
 
 def pg_options() -> str:
-    """SESSION_SETTINGS as libpq's ``options`` (the PGOPTIONS of a program that connects on its own)."""
+    """SESSION_SETTINGS as libpq's ``options``: the pipeline's connections pass them, dbt gets them as PGOPTIONS."""
     return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
 
 
@@ -85,8 +84,8 @@ def connect(settings: PostgresSettings, where: Where, doing: str) -> Iterator[ps
     SESSION_SETTINGS."""
     from clientflow.faults import named
 
-    with named(where, f"{doing} on {settings.describe()}"), psycopg.connect(settings.conninfo()) as conn:
-        for name, value in SESSION_SETTINGS.items():
-            conn.execute(sql.SQL("set {} = {}").format(sql.Identifier(name), sql.Literal(value)))
-        conn.commit()  # the session keeps it; the block starts outside any transaction, as before
+    # The settings travel in the connection's startup packet, as dbt's do (PGOPTIONS): no statement,
+    # no round trip, and the block starts outside any transaction.
+    with named(where, f"{doing} on {settings.describe()}"), \
+            psycopg.connect(settings.conninfo(), options=pg_options()) as conn:
         yield conn
