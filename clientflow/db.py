@@ -7,7 +7,7 @@ objects involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,9 +72,16 @@ SESSION_SETTINGS = {"jit": "off", "random_page_cost": "1.1"}
 """
 
 
-def pg_options() -> str:
-    """SESSION_SETTINGS as libpq's ``options``: the pipeline's connections pass them, dbt gets them as PGOPTIONS."""
-    return " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+def pg_options(extra: Mapping[str, object] | None = None) -> str:
+    """SESSION_SETTINGS, then ``extra``, as libpq's ``options``: the pipeline's connections pass
+    them, dbt gets them as PGOPTIONS (with the batch's settings: clientflow.transform.dbt_group).
+    libpq splits the options at spaces, so a space or backslash in a value is escaped."""
+    settings = {**SESSION_SETTINGS, **(extra or {})}
+    return " ".join(f"-c {name}={_option_value(value)}" for name, value in settings.items())
+
+
+def _option_value(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 @contextmanager

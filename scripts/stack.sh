@@ -167,6 +167,9 @@ airflow_env() {
     export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
   fi
   export AIRFLOW__COSMOS__ENABLE_TELEMETRY=False
+  # Cosmos keeps each client's dbt partial-parse file (a batch's build parses only what changed)
+  # with the stack's state, not in the machine's /tmp.
+  export AIRFLOW__COSMOS__CACHE_DIR="$STATE/cosmos"
   export DO_NOT_TRACK=1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$STATE/airflow/passwords.json"

@@ -54,6 +54,7 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "local-secret-key",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "AIRFLOW__COSMOS__CACHE_DIR": str(TMP / "cosmos"),
         "DO_NOT_TRACK": "1",
     }
 )

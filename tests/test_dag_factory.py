@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from clientflow import airflow_edge as edge
+from clientflow.mapping import load_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
+MAPPINGS = ROOT / "include" / "mappings"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,9 @@ def test_client_dag_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert build.retries == 2 and build.retry_exponential_backoff
     assert build.before_retry is edge.undo_before_retry  # a retry starts from dummy production as it was
     assert build.env["PGOPTIONS"] == "-c jit=off -c random_page_cost=1.1"  # dbt plans as the pipeline does
+    # the batch reaches dbt as session settings (added when the task runs), not as vars: the vars
+    # are the same for every batch of the client, and dbt parses the project partially
+    assert build.vars == load_mapping(MAPPINGS / "ehrlogic.yaml").dbt_vars()
 
 
 _NO_IO = r"""

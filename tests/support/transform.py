@@ -1,7 +1,8 @@
 """Run the dbt transform of one batch the way the DAG's Cosmos task group does, without Airflow.
 
 For tests that call the pipeline stages directly (clientflow.pipeline.*): the same dbt project,
-the same vars (the mapping's plus the batch's ingestion_id, date and fencing token), the same staging database
+the same vars (the mapping's), the same session settings (the pipeline's planner settings and the batch's
+ingestion id, date and fencing token, as PGOPTIONS), the same staging database
 and the same role (the transformer).
 Each call uses its own target and log directories, so calls never touch dbt/target.
 """
@@ -14,6 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from clientflow.db import pg_options
+from clientflow.transform.dbt_group import batch_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = ROOT / "dbt"
@@ -38,13 +42,15 @@ def as_transformer(settings: Any) -> Any:
     return settings.staging.model_copy(update={"user": TRANSFORMER_ROLE, "password": password})
 
 
-def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any] | None = None) -> None:
-    """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build."""
+def dbt_env(settings: Any, batch: Any | None) -> dict[str, str]:
+    """dbt's environment: the staging database as the transformer, and PGOPTIONS with the
+    pipeline's planner settings and, unless ``batch`` is None, the batch's settings."""
     staging = as_transformer(settings)
-    dbt_vars = {**mapping.dbt_vars(), "ingestion_id": batch.ingestion_id, "batch_date": batch.day.isoformat(),
-                "fence_token": batch.lock.token, **(extra_vars or {})}
-    env = {
+    extra = None if batch is None else batch_settings(
+        {"ingestion_id": batch.ingestion_id, "date": batch.day.isoformat(), "lock": {"token": batch.lock.token}})
+    return {
         **os.environ,
+        "PGOPTIONS": pg_options(extra),
         "CLIENTFLOW_STAGING_HOST": staging.host,
         "CLIENTFLOW_STAGING_PORT": str(staging.port),
         "CLIENTFLOW_STAGING_USER": staging.user,
@@ -52,12 +58,17 @@ def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any
         "CLIENTFLOW_STAGING_DB": staging.dbname,
         "DO_NOT_TRACK": "1",
     }
+
+
+def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any] | None = None) -> None:
+    """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build."""
+    dbt_vars = {**mapping.dbt_vars(), **(extra_vars or {})}
     with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
         done = subprocess.run(
             [str(DBT), "build", "--select", "path:models", "--vars", json.dumps(dbt_vars),
              "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
              "--target-path", f"{tmp}/target", "--log-path", f"{tmp}/logs", "--no-partial-parse"],
-            cwd=DBT_DIR, env=env, capture_output=True, text=True, timeout=300,
+            cwd=DBT_DIR, env=dbt_env(settings, batch), capture_output=True, text=True, timeout=300,
         )
     if done.returncode != 0:
         raise TransformFailed(done.stdout[-4000:] + done.stderr[-2000:])

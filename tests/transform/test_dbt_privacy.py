@@ -16,6 +16,7 @@ dag.test() on real PostgreSQL, Redis, S3 and SMTP:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -81,8 +82,13 @@ def _run_and_read(settings: Any, client: str, data: dict[str, Any], smtp_mailbox
     mapping = mapping_for(client)
     Practice(settings, mapping.client).write(date(2026, 9, 1), "r1", data)
     mail_before = len(read_mail(smtp_mailbox))
+    environ_before = dict(os.environ)
     with caplog.at_level(logging.DEBUG):
         dag_run = test_client_dag(mapping, conf={"batch_date": "2026-09-01"})
+    # dbt's environment (the transformer's password, the batch's PGOPTIONS) stays in its task;
+    # Airflow's own context variables (AIRFLOW_CTX_*) name the DAG run only
+    changed = {k for k in {*os.environ, *environ_before} if os.environ.get(k) != environ_before.get(k)}
+    assert {k for k in changed if not k.startswith("AIRFLOW_CTX_")} == set()
     out, err = capfd.readouterr()  # task logs reach stdout (structlog) and the logging module
     logged = "\n".join([out, err, *(record.getMessage() for record in caplog.records)])
     return dag_run, logged, read_mail(smtp_mailbox)[mail_before:]

@@ -14,7 +14,7 @@
     {#- truncate, not delete: the previous batch's rows (a first load's are every row) cost nothing to drop #}
     truncate {{ undo }};
     insert into {{ undo }}
-        select d.client_id is not null, {{ sql_literal(var('ingestion_id')) }}, c.{{ key }}, d.*
+        select d.client_id is not null, {{ batch_ingestion_id() }}, c.{{ key }}, d.*
         from {{ ref('changes_' ~ entity) }} as c
         left join {{ dummy_production(entity) }} as d on d.client_id = {{ client }} and d.{{ key }} = c.{{ key }}
 {%- endmacro %}

@@ -31,7 +31,7 @@ upserts as (
         {%- for c in business %}
         k.{{ c }},
         {%- endfor %}
-        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id,
+        {{ batch_ingestion_id() }}::text as ingestion_id,
         {{ batch_date() }} as source_batch_date,
         now() as synced_at,
         k.job_id,
@@ -77,7 +77,7 @@ deletes as (
         {%- for c in business %}
         a.{{ c }},
         {%- endfor %}
-        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id,
+        {{ batch_ingestion_id() }}::text as ingestion_id,
         {{ batch_date() }} as source_batch_date,
         now() as synced_at,
         a.job_id,
@@ -109,7 +109,7 @@ select * from final
     {%- set spec = fromjson(var('mapping')).get(entity, {}) -%}
     {%- if spec.get('full_snapshot') -%}
         (not exists (select 1 from pipeline.jobs as j
-            where j.ingestion_id = {{ sql_literal(var('ingestion_id')) }}
+            where j.ingestion_id = {{ batch_ingestion_id() }}
                 and j.table_name in ({% for t in spec['tables'] %}{{ sql_literal(t['name']) }}{{ ", " if not loop.last }}{% endfor %})
                 and j.extraction_mode <> 'full')
         and not exists (select 1 from {{ ref('stg_' ~ entity) }} as n where n.{{ key }} is null))

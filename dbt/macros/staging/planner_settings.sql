@@ -18,7 +18,7 @@
     {%- set rows = 0 -%}
     {%- if execute -%}
         {%- set counted = run_query("select coalesce(sum(row_count), 0) from pipeline.jobs where ingestion_id = "
-                                    ~ sql_literal(var('ingestion_id'))) -%}
+                                    ~ batch_ingestion_id()) -%}
         {%- set rows = counted.columns[0].values()[0] | int -%}
     {%- endif -%}
     {%- set small = rows <= var('nested_loop_max_rows') | int %}

@@ -37,7 +37,7 @@ read_{{ i }} as (
         source_row,
         source_file,
         (select j.job_id from pipeline.jobs as j
-            where j.ingestion_id = {{ sql_literal(var('ingestion_id')) }} and j.table_name = {{ sql_literal(t['name']) }}
+            where j.ingestion_id = {{ batch_ingestion_id() }} and j.table_name = {{ sql_literal(t['name']) }}
             limit 1) as job_id,
         {{ dedupe_values(t['duplicates']) }},
         {%- for c in columns %}
@@ -46,7 +46,7 @@ read_{{ i }} as (
         {{ column_unmapped(spec) }} as {{ c['name'] }}__unmapped{{ "," if not loop.last }}
         {%- endfor %}
     from {{ raw_table(t['name']) }}
-    where ingestion_id = {{ sql_literal(var('ingestion_id')) }}
+    where ingestion_id = {{ batch_ingestion_id() }}
     offset 0
 ),
 
@@ -163,7 +163,7 @@ final as (
         source_row,
         source_file,
         job_id,
-        {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
+        {{ batch_ingestion_id() }}::text as ingestion_id
     from ranked
 )
 
@@ -228,7 +228,7 @@ select
     null::bigint as source_row,
     null::text as source_file,
     null::text as job_id,
-    {{ sql_literal(var('ingestion_id')) }}::text as ingestion_id
+    {{ batch_ingestion_id() }}::text as ingestion_id
 where false
 {%- endmacro %}
 
