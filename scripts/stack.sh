@@ -181,9 +181,10 @@ airflow_env() {
   # quarter of a second keeps that wait short for the cost of a few more idle loops.
   export AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.25
   # Bucket events (clientflow.arrival.events): each client's DAG watches its SQS queue on moto;
-  # the triggerer long-polls 10 s, then sleeps 5 s after an empty poll.
+  # the triggerer long-polls 20 s (a message ends the poll at once), then sleeps 1 s after an
+  # empty poll.
   export CLIENTFLOW_EVENTS_QUEUE_URL="http://127.0.0.1:$S3_PORT/123456789012/{queue}"
-  export CLIENTFLOW_EVENTS_WAIT_SECONDS=10 CLIENTFLOW_EVENTS_DELAY_SECONDS=5
+  export CLIENTFLOW_EVENTS_WAIT_SECONDS=20 CLIENTFLOW_EVENTS_DELAY_SECONDS=1
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export PATH="$VENV/bin:$PATH"
   eval "$("$VENV/bin/python" -m clientflow.settings_file)"

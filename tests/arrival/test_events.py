@@ -148,6 +148,10 @@ def test_event_settings_come_from_the_deployment() -> None:
     settings = EventSettings.from_env({"CLIENTFLOW_EVENTS_QUEUE_URL": "http://127.0.0.1:5055/123456789012/{queue}",
                                        "CLIENTFLOW_EVENTS_DELAY_SECONDS": "3"})
     assert settings is not None and settings.delay_seconds == 3
+    # by default SQS's longest poll, which a message ends at once, and a short sleep after an empty
+    # one: a manifest landing during the sleep waits at most 1 s
+    default = EventSettings.from_env({"CLIENTFLOW_EVENTS_QUEUE_URL": "http://127.0.0.1:5055/1/{queue}"})
+    assert default is not None and (default.wait_seconds, default.delay_seconds) == (20, 1)
     assert settings.url_for("acme_dental") == "http://127.0.0.1:5055/123456789012/clientflow-acme-dental-manifests"
     with pytest.raises(ValueError, match="must contain"):
         EventSettings.from_env({"CLIENTFLOW_EVENTS_QUEUE_URL": "http://127.0.0.1:5055/123456789012/fixed"})
