@@ -181,7 +181,10 @@ def settle(timeout: float = 300, quiet: float = 10) -> None:
     """Wait until the client's DAG has had no run queued or running, and no bucket event waiting for
     a run, for ``quiet`` seconds: the other runs of a batch's bucket events (one message per table's
     manifest) end skipped after it. A client's next batch comes a day later, not seconds after the
-    last promotion, so it is timed on a stack that has settled."""
+    last promotion, so it is timed on a stack that has settled: its runs done, and PostgreSQL's
+    dirty pages on disk (a checkpoint, as bench_load does). A first load writes gigabytes; the
+    checkpoint that flushes them ran up to 40 s, and an incremental batch that overlapped it took
+    31.7 s instead of about 17."""
     deadline = time.time() + timeout
     idle_since: float | None = None
     with psycopg.connect(dsn("clientflow_airflow"), autocommit=True) as meta:
@@ -191,6 +194,9 @@ def settle(timeout: float = 300, quiet: float = 10) -> None:
                 "+ (select count(*) from asset_dag_run_queue where target_dag_id = %s)", (DAG, DAG)).fetchone()  # type: ignore[misc]
             idle_since = None if busy else (idle_since or time.time())
             if idle_since is not None and time.time() - idle_since >= quiet:
+                os.sync()
+                with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+                    admin.execute("checkpoint")
                 return
             time.sleep(1)
     raise SystemExit(f"runs of {DAG} still queued or running after {timeout:.0f} s; see the Airflow UI")
