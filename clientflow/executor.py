@@ -2,10 +2,10 @@
 modules every clientflow task imports already imported.
 
 A LocalExecutor worker forks a process for each task, and that process parses the client's DAG
-file before it runs the task: about 0.25 s on our machines, most of it importing boto3 and the
+file before it runs the task: 0.26-0.34 s on the local stack, most of it importing boto3 and the
 Amazon provider's S3 sensor, psycopg, Cosmos (its profile mappings) and the standard provider's
 operators. The workers are forked from the scheduler when the executor starts, so what is imported
-then is in every task's process from its first instruction: the parse falls to about 0.06 s. A
+then is in every task's process from its first instruction: the parse falls to about 0.08 s. A
 batch runs seven tasks one after the other, so that is more than a second of every batch (an
 incremental batch takes about 18 s from its last manifest to production).
 

@@ -152,7 +152,7 @@ airflow_env() {
   export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
   export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://postgres@$PG_HOST:$PG_PORT/clientflow_airflow"
   # Airflow's LocalExecutor, whose workers fork with the third-party modules a task's DAG parse
-  # imports already imported (clientflow/executor.py): 0.25 s less per task.
+  # imports already imported (clientflow/executor.py): about 0.2 s less per task.
   export AIRFLOW__CORE__EXECUTOR=clientflow.executor.PreloadingLocalExecutor
   # Pools of airflow_settings.yaml (created at up); the DAGs put each client's raw load in this one.
   export CLIENTFLOW_COPY_POOL=clientflow_staging_copy
