@@ -11,7 +11,8 @@
    binary, with the four tables in its config's ``[incremental]`` and a fresh state file, takes
    full snapshots (no state yet); the DAG run promotes the batch.
 3. Once the stack has settled (no run of the client queued or running: the other runs of day 1's
-   bucket events end skipped), ``--changed-share`` of every table's rows change at the source (new
+   bucket events end skipped; PostgreSQL checkpointed day 1's writes, as a day later it would
+   have), ``--changed-share`` of every table's rows change at the source (new
    values, ``updated_at`` now).
 4. Day 2: the same command extracts incrementally: the changed rows and the one row at each
    table's previous high mark (the window's start is inclusive); the DAG run promotes it.
