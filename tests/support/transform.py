@@ -46,8 +46,7 @@ def dbt_env(settings: Any, batch: Any | None) -> dict[str, str]:
     """dbt's environment: the staging database as the transformer, and PGOPTIONS with the
     pipeline's planner settings and, unless ``batch`` is None, the batch's settings."""
     staging = as_transformer(settings)
-    extra = None if batch is None else batch_settings(
-        {"ingestion_id": batch.ingestion_id, "date": batch.day.isoformat(), "lock": {"token": batch.lock.token}})
+    extra = None if batch is None else batch_settings(batch.to_xcom())  # as the DAG's task reads ingest's XCom
     return {
         **os.environ,
         "PGOPTIONS": pg_options(extra),
