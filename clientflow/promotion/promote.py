@@ -123,6 +123,25 @@ def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Com
                                  kept="production is unchanged by this batch (the promotion commits all or nothing)")
 
 
+def _check_change_set(staging: psycopg.Connection[Any], name: str, client: str, ingestion_id: str, offered: int,
+                      where: Where) -> None:
+    """The change set holds as many rows as dbt merged into dummy production: the merge's pre-hook
+    (dbt/macros/staging/capture_undo.sql) keeps one undo row per change-set row, in the merge's
+    own transaction. dbt's tables are unlogged (dbt/dbt_project.yml) and a crash of the staging
+    database empties them, while the undo tables are logged: a lost change set shows here, and
+    the batch stops instead of promoting less than dummy production holds."""
+    undo = sql.Identifier(f"stg_{client}", f"undo_{name}")
+    exists = staging.execute("select to_regclass(%s) is not null", (undo.as_string(staging),)).fetchone()
+    captured = _count(staging, sql.SQL("select count(*) from {} where undo_for = {}").format(
+        undo, sql.Literal(ingestion_id))) if exists and exists[0] else 0
+    if captured != offered:
+        raise PermanentError(
+            f"the change set stg_{client}.changes_{name} holds {offered} row(s), but dbt merged {captured} into dummy "
+            f"production's {name}: the staging database lost dbt's unlogged tables (a crash) after the dbt build; "
+            "the promotion was rolled back, run the batch again", where,
+            kept="production is unchanged by this batch (the promotion commits all or nothing)")
+
+
 def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connection[Any], name: str, client: str,
                     ingestion_id: str, where: Where) -> tuple[int, int, int]:
     """(offered, inserted, updated) of one entity. The change set is copied into a temp table
@@ -139,6 +158,7 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
         cols = _names(entity(name).production_columns)
         offered = production.execute(sql.SQL("insert into {} ({}) select {} from {}").format(
             target, cols, cols, sql.Identifier(incoming))).rowcount
+        _check_change_set(staging, name, client, ingestion_id, offered, where)
         _refresh_statistics(production, name)
         written = sql.SQL("(select * from {} where client_id = {} and ingestion_id = {})").format(
             target, sql.Literal(client), sql.Literal(ingestion_id))
@@ -152,6 +172,7 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
     production.execute(sql.SQL("analyze {}").format(sql.Identifier(incoming)))  # else: plans for 0 rows, scans
     _check_parents(production, name, sql.Identifier(incoming), where)
     offered = _count(production, sql.SQL("select count(*) from {}").format(sql.Identifier(incoming)))
+    _check_change_set(staging, name, client, ingestion_id, offered, where)
     small = offered < SMALL_CHANGE_SET
     if small:  # one primary-key lookup per changed row, not a scan of the client's whole table
         production.execute("set local enable_hashjoin = off; set local enable_mergejoin = off")

@@ -19,6 +19,7 @@ import pytest
 from client_extractor.contract import parse_key
 from clientflow import pipeline
 from clientflow.db import set_tenant
+from clientflow.errors import PermanentError
 from tests.support.practice import (
     TABLES,
     Practice,
@@ -85,6 +86,34 @@ def test_a_promotion_killed_after_the_first_entity_leaves_production_unchanged(s
     run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second))  # the retry
     assert production_rows(settings, mapping.client, "patients", "last_name")["P55"] == ("Name55-two",)
     assert production_rows(settings, mapping.client, "providers", "last_name")["D0"] == ("Renamed",)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_change_set_a_crash_emptied_after_validation_stops_the_promotion(settings: Any, admin_dsn: str) -> None:
+    """dbt's change sets are unlogged, and a crash of the staging database empties them (truncated
+    here, as crash recovery does). The undo rows dbt kept with the merge are logged: the promotion
+    finds the change set short of them and stops, instead of promoting less than dummy production
+    holds; the batch then runs again from its files."""
+    mapping = mapping_for("lost_changes")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(20, "one")))
+    before = production_rows(settings, mapping.client, "patients", "last_name")
+    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(25, "two")),
+                            airflow_run_id="t")
+    transform(settings, mapping, batch)
+    pipeline.validate(settings, mapping, batch)
+    staging_admin = psycopg.conninfo.make_conninfo(admin_dsn, dbname=settings.staging.dbname)
+    with psycopg.connect(staging_admin, autocommit=True) as admin:
+        admin.execute(f"truncate stg_{mapping.client}.changes_patients")
+    with pytest.raises(PermanentError, match=r"the change set stg_lost_changes\.changes_patients holds 0 row\(s\), "
+                                             r"but dbt merged 25 into dummy production's patients"):
+        pipeline.promote(settings, mapping, batch, airflow_run_id="t")
+    pipeline.mark_failed(settings, batch, "lost", airflow_run_id="t")
+    assert production_rows(settings, mapping.client, "patients", "last_name") == before
+    assert_dummy_equals_production(settings, mapping.client)
+
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(25, "two")))  # again
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P22"] == ("Name22-two",)
     assert_dummy_equals_production(settings, mapping.client)
 
 

@@ -103,6 +103,36 @@ def test_the_counts_gate_stops_a_batch_whose_rows_do_not_add_up(settings: Any) -
     assert_dummy_equals_production(settings, mapping.client)
 
 
+def test_the_counts_gate_stops_a_batch_whose_staging_tables_a_crash_emptied(settings: Any, admin_dsn: str) -> None:
+    """dbt's tables are unlogged (no WAL for rows rebuilt from raw by every batch), and a crash of the
+    database empties them (truncated here, as crash recovery does): the counts gate stops the
+    batch before anything is promoted. tests/promotion has the crash after validation."""
+    mapping = mapping_for("crash_gate")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4, "one")))
+    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(6, "two")),
+                            airflow_run_id="t")
+    transform(settings, mapping, batch)
+    staging_admin = psycopg.conninfo.make_conninfo(admin_dsn, dbname=settings.staging.dbname)
+    with psycopg.connect(staging_admin, autocommit=True) as admin:
+        persistence = dict(admin.execute(
+            "select relname, relpersistence from pg_class where relnamespace = %s::regnamespace and relkind = 'r'",
+            (f"stg_{mapping.client}",)).fetchall())
+        assert {persistence[f"{m}_{e}"] for m in ("stg", "changes") for e in ("providers", "patients")} == {"u"}
+        assert persistence["undo_patients"] == "p"  # what puts dummy production back survives a crash
+        admin.execute(f"truncate stg_{mapping.client}.stg_patients")
+    before = production_rows(settings, mapping.client, "patients", "last_name")
+    try:
+        with pytest.raises(ValidationFailed, match="gate counts: patients: "):
+            pipeline.validate(settings, mapping, batch)
+    finally:
+        pipeline.mark_failed(settings, batch, "crash", airflow_run_id="t")
+    assert production_rows(settings, mapping.client, "patients", "last_name") == before
+    assert_dummy_equals_production(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(6, "two")))  # again
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P5"] == ("Name5-two",)
+
+
 def test_the_dbt_tests_stop_a_row_the_staging_models_missed(settings: Any, staging_owner: str) -> None:
     """dbt's tests are the last line: here an orphan appointment that reached dummy production by a
     path the staging models do not see (its foreign key dropped, the row written directly)."""
