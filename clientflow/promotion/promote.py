@@ -35,6 +35,8 @@ from psycopg import sql
 from clientflow.db import set_tenant
 from clientflow.entities import ENTITY_ORDER, entity
 from clientflow.errors import PermanentError, Where
+from clientflow.promotion.undo import exists as undo_table_exists
+from clientflow.promotion.undo import first_rows
 
 SCHEMA = "practice"
 BATCH_DATE = "source_batch_date"
@@ -129,11 +131,17 @@ def _check_change_set(staging: psycopg.Connection[Any], name: str, client: str, 
     (dbt/macros/staging/capture_undo.sql) keeps one undo row per change-set row, in the merge's
     own transaction. dbt's tables are unlogged (dbt/dbt_project.yml) and a crash of the staging
     database empties them, while the undo tables are logged: a lost change set shows here, and
-    the batch stops instead of promoting less than dummy production holds."""
+    the batch stops instead of promoting less than dummy production holds. For the client's first
+    rows of an entity the undo keeps one marker row (clientflow.promotion.undo.first_rows), and
+    dummy production's rows of the client are the ones the batch merged."""
     undo = sql.Identifier(f"stg_{client}", f"undo_{name}")
-    exists = staging.execute("select to_regclass(%s) is not null", (undo.as_string(staging),)).fetchone()
-    captured = _count(staging, sql.SQL("select count(*) from {} where undo_for = {}").format(
-        undo, sql.Literal(ingestion_id))) if exists and exists[0] else 0
+    captured = 0
+    if undo_table_exists(staging, undo):
+        captured = _count(staging, sql.SQL("select count(undo_key) from {} where undo_for = {}").format(
+            undo, sql.Literal(ingestion_id)))
+        if first_rows(staging, client, name, ingestion_id):
+            captured = _count(staging, sql.SQL("select count(*) from {} where client_id = {}").format(
+                sql.Identifier(SCHEMA, name), sql.Literal(client)))
     if captured != offered:
         raise PermanentError(
             f"the change set stg_{client}.changes_{name} holds {offered} row(s), but dbt merged {captured} into dummy "

@@ -6,6 +6,9 @@ replaced and the keys it inserted (``stg_<client>.undo_<entity>``, tagged with t
 :func:`undo_batch` puts the replaced rows back and deletes the inserted ones: children first for
 the deletes, so no foreign key is ever broken, in one transaction. Its cost follows the size of
 the batch's changes, not of the client. Running it twice changes nothing the second time.
+
+A client's first rows of an entity are kept as one row (``undo_key`` null: the client had none),
+and undone by deleting the client's rows of the entity, never another client's.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ def _undo_table(client: str, name: str) -> sql.Identifier:
     return ident(f"stg_{client}", f"undo_{name}")
 
 
-def _exists(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
+def exists(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
     row = conn.execute("select to_regclass(%s)", (table.as_string(conn),)).fetchone()
     return row is not None and row[0] is not None
+
+
+def first_rows(conn: psycopg.Connection[Any], client: str, name: str, ingestion_id: str) -> bool:
+    """Whether the batch wrote the client's first rows of ``name`` (the undo's marker row)."""
+    undo = _undo_table(client, name)
+    if not exists(conn, undo):
+        return False
+    return conn.execute(sql.SQL("select exists (select 1 from {} where undo_for = %s and undo_key is null)").format(
+        undo), (ingestion_id,)).fetchone() == (True,)
 
 
 def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> dict[str, int]:
@@ -39,7 +51,7 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
     # undo table (the update of a 150,000-patient first load ran over ten minutes). Hash joins
     # keep the cost to the batch's size.
     conn.execute("set local enable_nestloop = off")
-    present = [n for n in ENTITY_ORDER if _exists(conn, _undo_table(client, n))]
+    present = [n for n in ENTITY_ORDER if exists(conn, _undo_table(client, n))]
     for name in present:  # put the replaced rows back (their parents all existed before the batch)
         ours, undo = entity(name), _undo_table(client, name)
         cols = [c for c in ours.production_columns if c not in ours.primary_key]
@@ -52,10 +64,14 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
             (ingestion_id, client)).rowcount
     for name in reversed(present):  # then delete what the batch inserted, children first
         ours, undo = entity(name), _undo_table(client, name)
-        restored[name] = restored.get(name, 0) + conn.execute(sql.SQL(
-            "delete from {target} as d using {undo} as u "
-            "where u.undo_for = %s and not u.existed and d.client_id = %s and d.{key} = u.undo_key"
-        ).format(target=sql.Identifier(SCHEMA, name), undo=undo, key=sql.Identifier(ours.key)),
-            (ingestion_id, client)).rowcount
+        target = sql.Identifier(SCHEMA, name)
+        if first_rows(conn, client, name, ingestion_id):
+            deleted = conn.execute(sql.SQL("delete from {} where client_id = %s").format(target), (client,)).rowcount
+        else:
+            deleted = conn.execute(sql.SQL(
+                "delete from {target} as d using {undo} as u "
+                "where u.undo_for = %s and not u.existed and d.client_id = %s and d.{key} = u.undo_key"
+            ).format(target=target, undo=undo, key=sql.Identifier(ours.key)), (ingestion_id, client)).rowcount
+        restored[name] = restored.get(name, 0) + deleted
         conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))
     return restored

@@ -89,6 +89,31 @@ def test_a_promotion_killed_after_the_first_entity_leaves_production_unchanged(s
     assert_dummy_equals_production(settings, mapping.client)
 
 
+def test_a_failed_first_load_keeps_one_undo_row_per_entity_and_leaves_other_clients_alone(settings: Any,
+                                                                                          admin_dsn: str) -> None:
+    """A client's first rows of an entity are undone by deleting the client's rows: the undo keeps
+    one marker row instead of a key per inserted row, and another client's rows stay."""
+    other = mapping_for("first_undo_other")
+    run_batch(settings, other, Practice(settings, other.client).write(DAY, "r1", tables(12)))
+    mapping = mapping_for("first_undo")
+    batch = pipeline.ingest(settings, mapping, Practice(settings, mapping.client).write(DAY, "r1", tables(30)),
+                            airflow_run_id="t")
+    transform(settings, mapping, batch)
+    staging_admin = psycopg.conninfo.make_conninfo(admin_dsn, dbname=settings.staging.dbname)
+    with psycopg.connect(staging_admin) as admin:
+        for name in ("providers", "patients", "appointments"):
+            assert admin.execute(f"select count(*), count(undo_key) from stg_first_undo.undo_{name} "
+                                 "where undo_for = %s", (batch.ingestion_id,)).fetchone() == (1, 0)
+        assert admin.execute("select count(*) from practice.patients where client_id = 'first_undo'").fetchone() == (30,)
+    pipeline.mark_failed(settings, batch, "stopped", airflow_run_id="t")
+    with psycopg.connect(staging_admin) as admin:
+        assert admin.execute("select count(*) from practice.patients where client_id = 'first_undo'").fetchone() == (0,)
+        assert admin.execute("select count(*) from practice.patients where client_id = 'first_undo_other'"
+                             ).fetchone() == (12,)
+    assert_dummy_equals_production(settings, mapping.client)
+    assert_dummy_equals_production(settings, other.client)
+
+
 def test_a_change_set_a_crash_emptied_after_validation_stops_the_promotion(settings: Any, admin_dsn: str) -> None:
     """dbt's change sets are unlogged, and a crash of the staging database empties them (truncated
     here, as crash recovery does). The undo rows dbt kept with the merge are logged: the promotion
