@@ -250,6 +250,16 @@ def change_one_percent(patients: int) -> int:
     return changed
 
 
+def wal_mb() -> float:
+    """PostgreSQL's WAL position in MB: the difference of two is what the server wrote between them
+    (the write volume of a batch, steadier than its seconds on a shared machine; Airflow's metadata
+    database on the same server adds a little)."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        row = admin.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()
+    assert row is not None
+    return float(row[0]) / 2**20
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=1_000_000)
@@ -259,18 +269,26 @@ def main() -> int:
     reset_client()
     counts = ehrlogic.create(ADMIN_DSN, SOURCE_DB, args.patients)
     rows = sum(counts.values())
+    wal = [wal_mb()]
     with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=scratch_dir()) as tmp:
         base = baseline(Path(tmp))
+    wal.append(wal_mb())
     print(f"baseline: psql \\copy of {rows:,} rows out of the source and into keyed tables: {base:.1f} s")
     today = date.today()  # the scheduled run of today, if it waits, takes the first batch
     tomorrow = date.fromordinal(today.toordinal() + 1)
     with PeakRss() as peak:
+        wal.append(wal_mb())
         first = run_dag(today, extract(today))
+        wal.append(wal_mb())
         settle()
         changed = change_one_percent(args.patients)
+        wal.append(wal_mb())
         second = run_dag(tomorrow, extract(tomorrow))
+        wal.append(wal_mb())
     for name, times in (("first batch", first), (f"second batch ({changed:,} rows changed)", second)):
         print(f"{name}: " + ", ".join(f"{task} {s:.1f} s" for task, s in times.items()))
+    print(f"WAL written: baseline {wal[1] - wal[0]:,.0f} MB, first batch {wal[3] - wal[2]:,.0f} MB, "
+          f"second batch {wal[5] - wal[4]:,.0f} MB")
     ratio, p = first["total"] / base, second["promote"] / first["promote"]
     print(f"first batch {first['total']:.1f} s vs baseline {base:.1f} s: ratio {ratio:.2f} (target < 6); "
           f"1% batch's promotion {second['promote']:.1f} s vs {first['promote']:.1f} s: {p:.3f} (target < 0.1)")
