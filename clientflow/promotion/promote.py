@@ -135,13 +135,14 @@ def _check_change_set(staging: psycopg.Connection[Any], name: str, client: str, 
     rows of an entity the undo keeps one marker row (clientflow.promotion.undo.first_rows), and
     dummy production's rows of the client are the ones the batch merged."""
     undo = sql.Identifier(f"stg_{client}", f"undo_{name}")
-    captured = 0
-    if undo_table_exists(staging, undo):
-        captured = _count(staging, sql.SQL("select count(undo_key) from {} where undo_for = {}").format(
+    if first_rows(staging, client, name, ingestion_id):
+        captured = _count(staging, sql.SQL("select count(*) from {} where client_id = {}").format(
+            sql.Identifier(SCHEMA, name), sql.Literal(client)))
+    elif undo_table_exists(staging, undo):
+        captured = _count(staging, sql.SQL("select count(*) from {} where undo_for = {}").format(
             undo, sql.Literal(ingestion_id)))
-        if first_rows(staging, client, name, ingestion_id):
-            captured = _count(staging, sql.SQL("select count(*) from {} where client_id = {}").format(
-                sql.Identifier(SCHEMA, name), sql.Literal(client)))
+    else:
+        captured = 0
     if captured != offered:
         raise PermanentError(
             f"the change set stg_{client}.changes_{name} holds {offered} row(s), but dbt merged {captured} into dummy "
