@@ -35,8 +35,7 @@ from psycopg import sql
 from clientflow.db import set_tenant
 from clientflow.entities import ENTITY_ORDER, entity
 from clientflow.errors import PermanentError, Where
-from clientflow.promotion.undo import exists as undo_table_exists
-from clientflow.promotion.undo import first_rows
+from clientflow.promotion.undo import merged_rows
 
 SCHEMA = "practice"
 BATCH_DATE = "source_batch_date"
@@ -132,17 +131,9 @@ def _check_change_set(staging: psycopg.Connection[Any], name: str, client: str, 
     own transaction. dbt's tables are unlogged (dbt/dbt_project.yml) and a crash of the staging
     database empties them, while the undo tables are logged: a lost change set shows here, and
     the batch stops instead of promoting less than dummy production holds. For the client's first
-    rows of an entity the undo keeps one marker row (clientflow.promotion.undo.first_rows), and
-    dummy production's rows of the client are the ones the batch merged."""
-    undo = sql.Identifier(f"stg_{client}", f"undo_{name}")
-    if first_rows(staging, client, name, ingestion_id):
-        captured = _count(staging, sql.SQL("select count(*) from {} where client_id = {}").format(
-            sql.Identifier(SCHEMA, name), sql.Literal(client)))
-    elif undo_table_exists(staging, undo):
-        captured = _count(staging, sql.SQL("select count(*) from {} where undo_for = {}").format(
-            undo, sql.Literal(ingestion_id)))
-    else:
-        captured = 0
+    rows of an entity the undo keeps one marker row, and dummy production's rows of the client are
+    the ones the batch merged (clientflow.promotion.undo.merged_rows)."""
+    captured = merged_rows(staging, client, name, ingestion_id)
     if captured != offered:
         raise PermanentError(
             f"the change set stg_{client}.changes_{name} holds {offered} row(s), but dbt merged {captured} into dummy "

@@ -28,18 +28,31 @@ def _undo_table(client: str, name: str) -> sql.Identifier:
     return ident(f"stg_{client}", f"undo_{name}")
 
 
-def exists(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
+def _exists(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
     row = conn.execute("select to_regclass(%s)", (table.as_string(conn),)).fetchone()
     return row is not None and row[0] is not None
 
 
-def first_rows(conn: psycopg.Connection[Any], client: str, name: str, ingestion_id: str) -> bool:
-    """Whether the batch wrote the client's first rows of ``name`` (the undo's marker row)."""
-    undo = _undo_table(client, name)
-    if not exists(conn, undo):
-        return False
+def _first_rows(conn: psycopg.Connection[Any], undo: sql.Identifier, ingestion_id: str) -> bool:
+    """Whether the batch wrote the client's first rows of the entity (the undo's marker row)."""
     return conn.execute(sql.SQL("select exists (select 1 from {} where undo_for = %s and undo_key is null)").format(
         undo), (ingestion_id,)).fetchone() == (True,)
+
+
+def merged_rows(conn: psycopg.Connection[Any], client: str, name: str, ingestion_id: str) -> int:
+    """The rows of ``name`` the batch's dbt build merged into dummy production, from its undo rows
+    (logged, kept in the merge's own transaction): one per row, or, for the client's first rows,
+    the marker, and then every row dummy production holds of the client."""
+    undo = _undo_table(client, name)
+    if not _exists(conn, undo):
+        return 0
+    if _first_rows(conn, undo, ingestion_id):
+        query = sql.SQL("select count(*) from {} where client_id = %s").format(sql.Identifier(SCHEMA, name))
+        row = conn.execute(query, (client,)).fetchone()
+    else:
+        row = conn.execute(sql.SQL("select count(*) from {} where undo_for = %s").format(undo), (ingestion_id,)).fetchone()
+    assert row is not None  # aggregates always return a row
+    return int(row[0])
 
 
 def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> dict[str, int]:
@@ -51,7 +64,7 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
     # undo table (the update of a 150,000-patient first load ran over ten minutes). Hash joins
     # keep the cost to the batch's size.
     conn.execute("set local enable_nestloop = off")
-    present = [n for n in ENTITY_ORDER if exists(conn, _undo_table(client, n))]
+    present = [n for n in ENTITY_ORDER if _exists(conn, _undo_table(client, n))]
     for name in present:  # put the replaced rows back (their parents all existed before the batch)
         ours, undo = entity(name), _undo_table(client, name)
         cols = [c for c in ours.production_columns if c not in ours.primary_key]
@@ -65,7 +78,7 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
     for name in reversed(present):  # then delete what the batch inserted, children first
         ours, undo = entity(name), _undo_table(client, name)
         target = sql.Identifier(SCHEMA, name)
-        if first_rows(conn, client, name, ingestion_id):
+        if _first_rows(conn, undo, ingestion_id):
             deleted = conn.execute(sql.SQL("delete from {} where client_id = %s").format(target), (client,)).rowcount
         else:
             deleted = conn.execute(sql.SQL(
