@@ -57,8 +57,24 @@ def _depends_on(*models: str) -> str:
     return "".join(f"-- depends_on: {{{{ ref('{m}') }}}}\n" for m in models)
 
 
+def typed_sql(entity: Entity) -> str:
+    """The typed model of an entity with parents: its rows cleaned and typed, before the references
+    are checked, so that it runs beside its parents' staging models (dbt/macros/staging)."""
+    return f"""-- {HEADER}
+-- The batch's {entity.name} from every client table that feeds them (the mapping, as dbt vars),
+-- cleaned and typed, each column with the reason its value was refused; stg_{entity.name} then
+-- checks their references to parents, which this model does not wait for.
+{{{{ typed_model(
+    '{entity.name}',
+    {_declaration(entity)}
+) }}}}
+"""
+
+
 def staging_sql(entity: Entity) -> str:
-    parents = _depends_on(*(f"stg_{fk.parent}" for fk in entity.parents))
+    typed = f"typed_{entity.name}" if entity.parents else None
+    parents = _depends_on(*([typed] if typed else []), *(f"stg_{fk.parent}" for fk in entity.parents))
+    typed_arg = f",\n    '{typed}'" if typed else ""
     return f"""-- {HEADER}
 -- The batch's {entity.name} from every client table that feeds them (the mapping, as dbt vars),
 -- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging);
@@ -67,7 +83,7 @@ def staging_sql(entity: Entity) -> str:
     '{entity.name}',
     '{entity.key}',
     {_declaration(entity)},
-    {_parents(entity)}
+    {_parents(entity)}{typed_arg}
 ) }}}}
 """
 
@@ -172,7 +188,15 @@ def _staging_yaml(entity: Entity) -> list[dict[str, Any]]:
                        "columns plus `change` (insert, update, revive, delete).",
         "columns": [{"name": "change", "description": "insert, update, revive or delete."}],
     }
-    return [stg, changes]
+    if not entity.parents:
+        return [stg, changes]
+    typed = {
+        "name": f"typed_{entity.name}",
+        "description": f"The batch's {entity.name}, mapped, cleaned and typed, each column with the reason "
+                       f"its value was refused (<column>__error), before stg_{entity.name} checks the "
+                       "references to parents and marks duplicates: built beside the parents' staging models.",
+    }
+    return [typed, stg, changes]
 
 
 def _yaml(comment: str, data: dict[str, Any]) -> str:
@@ -185,6 +209,8 @@ def render() -> dict[Path, str]:
     """Every generated file, by path, as it should be."""
     files: dict[Path, str] = {}
     for entity in ENTITIES:
+        if entity.parents:
+            files[DBT_DIR / "models" / "staging" / f"typed_{entity.name}.sql"] = typed_sql(entity)
         files[DBT_DIR / "models" / "staging" / f"stg_{entity.name}.sql"] = staging_sql(entity)
         files[DBT_DIR / "models" / "staging" / f"changes_{entity.name}.sql"] = changes_sql(entity)
         files[DBT_DIR / "models" / "practice" / f"{entity.name}.sql"] = practice_sql(entity)

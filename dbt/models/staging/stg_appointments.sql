@@ -2,6 +2,7 @@
 -- The batch's appointments from every client table that feeds them (the mapping, as dbt vars),
 -- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging);
 -- a reference to a parent that neither this batch nor dummy production holds is refused too.
+-- depends_on: {{ ref('typed_appointments') }}
 -- depends_on: {{ ref('stg_patients') }}
 -- depends_on: {{ ref('stg_providers') }}
 {{ staging_model(
@@ -17,5 +18,6 @@
         {"name": "reason", "sql_type": "text"},
         {"name": "fee", "sql_type": "numeric(10, 2)", "check": "fee >= 0"}
     ],
-    [{"column": "patient_id", "entity": "patients"}, {"column": "provider_id", "entity": "providers"}]
+    [{"column": "patient_id", "entity": "patients"}, {"column": "provider_id", "entity": "providers"}],
+    'typed_appointments'
 ) }}

@@ -2,6 +2,7 @@
 -- The batch's procedures from every client table that feeds them (the mapping, as dbt vars),
 -- cleaned and typed, each column with the reason its value was refused (dbt/macros/staging);
 -- a reference to a parent that neither this batch nor dummy production holds is refused too.
+-- depends_on: {{ ref('typed_procedures') }}
 -- depends_on: {{ ref('stg_appointments') }}
 {{ staging_model(
     'procedures',
@@ -15,5 +16,6 @@
         {"name": "eye", "sql_type": "text", "accepted": ["right", "left", "both"]},
         {"name": "fee", "sql_type": "numeric(10, 2)", "check": "fee >= 0"}
     ],
-    [{"column": "appointment_id", "entity": "appointments"}]
+    [{"column": "appointment_id", "entity": "appointments"}],
+    'typed_procedures'
 ) }}
