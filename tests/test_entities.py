@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -31,6 +32,21 @@ def test_generator_follows_the_declaration() -> None:
     assert "shoe_size" in generate.staging_sql(grown)
     assert "shoe_size" in generate.practice_sql(grown)
     assert "shoe_size" in grown.production_columns
+
+
+def test_a_child_is_typed_beside_its_parents() -> None:
+    """In dbt's graph (the manifest `make install` parses), the typed model of an entity with
+    parents waits for no other model, so dbt's threads type appointments and procedures while
+    stg_patients runs; the child's staging model reads it and its parents' staging models."""
+    manifest = json.loads((generate.DBT_DIR / "target" / "manifest.json").read_text(encoding="utf-8"))
+    depends = {node["name"]: {manifest["nodes"][d]["name"] for d in node["depends_on"]["nodes"]}
+               for node in manifest["nodes"].values() if node["resource_type"] == "model"}
+    for entity in ENTITIES:
+        if not entity.parents:
+            assert f"typed_{entity.name}" not in depends, entity.name
+            continue
+        assert depends[f"typed_{entity.name}"] == set(), entity.name
+        assert depends[f"stg_{entity.name}"] == {f"typed_{entity.name}", *(f"stg_{fk.parent}" for fk in entity.parents)}
 
 
 def _column_ddl(column: Column) -> sql.Composable:
