@@ -43,6 +43,16 @@ APPOINTMENT_COLUMNS: dict[str, Any] = {
     "status": {"default": "completed"}, "fee": {"source": "cents", "multiplier": 0.01},
 }
 
+# Appointments (a model of their own types them: typed_appointments) whose key comes more than once:
+# (appt_id, len, changed), in file order. `duplicates: keep latest by changed`: the latest wins, and
+# among equals the last in the file. len says which row is which.
+DUPLICATE_VISITS = [
+    ("A4", "10", "2025-03-02T00:00:00Z"), ("A4", "20", "2025-03-01T00:00:00Z"),  # the first is the latest
+    ("A5", "10", "2025-03-01T00:00:00Z"), ("A5", "20", "2025-03-01T00:00:00Z"),  # equal: the last in the file
+    ("A6", "10", "2025-03-01T00:00:00Z"), ("A6", "20", None), ("A6", "30", "2025-03-03T00:00:00Z"),  # no date: last
+]
+KEPT_VISITS = {"A4": (10, [1, 2]), "A5": (20, [1, 2]), "A6": (30, [1, 2, 3])}  # kept len, occurrences by len
+
 # (loc, pt_no, the patient's values) -> what we expect (None: the value is refused, with a reason)
 PATIENTS = [
     ({"first": "  aNA-MARÍA \t", "last": "Diaz", "dob": "1980-3-5", "sex": " F ", "mail": "Ana.Diaz@Mail.Example",
@@ -77,6 +87,9 @@ def _tables() -> dict[str, list[dict[str, Any]]]:
         {"appt_id": "A3", "loc": "L1", "pt_no": "2", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": "thirty",
          "cents": "NaN"},
     ]
+    visits = [{**v, "changed": None} for v in visits] + [
+        {"appt_id": appt_id, "loc": "L1", "pt_no": "0", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": length,
+         "cents": "100", "changed": changed} for appt_id, length, changed in DUPLICATE_VISITS]
     return {"clinician": providers, "person": people, "visit": visits}
 
 
@@ -85,7 +98,8 @@ def staged(settings: Any) -> dict[str, dict[str, dict[str, Any]]]:
     mapping = mapping_for(CLIENT, tables={
         "clinician": {"entity": "providers", "columns": PROVIDER_COLUMNS},
         "person": {"entity": "patients", "columns": PATIENT_COLUMNS},
-        "visit": {"entity": "appointments", "columns": APPOINTMENT_COLUMNS},
+        "visit": {"entity": "appointments", "columns": APPOINTMENT_COLUMNS,
+                  "duplicates": {"keep": "latest", "by": "changed", "by_type": "timestamp"}},
     }, timezone="America/New_York")
     found = Practice(settings, CLIENT).write(DAY, "r1", _tables(), mapping=mapping)
     batch = pipeline.ingest(settings, mapping, found, airflow_run_id="vocab")
@@ -98,7 +112,12 @@ def staged(settings: Any) -> dict[str, dict[str, dict[str, Any]]]:
         for entity, key in (("patients", "patient_id"), ("providers", "provider_id"), ("appointments", "appointment_id")):
             cur = conn.execute(f"select * from stg_{CLIENT}.stg_{entity}")  # noqa: S608 - our names
             names = [d.name for d in cur.description or []]
-            out[entity] = {row[names.index(key)]: dict(zip(names, row, strict=True)) for row in cur}
+            out[entity] = {row[names.index(key)]: dict(zip(names, row, strict=True)) for row in cur
+                           if row[names.index("occurrence")] == 1}
+        out["duplicates"] = {f"{appt_id}/{length}": {"occurrence": occurrence, "has_error": has_error}
+                             for appt_id, length, occurrence, has_error in conn.execute(
+            f"select appointment_id, duration_minutes, occurrence, has_error from stg_{CLIENT}.stg_appointments "  # noqa: S608
+            "where appointment_id = any(%s)", (list(KEPT_VISITS),))}
     return out
 
 
@@ -122,3 +141,18 @@ def test_booleans_constants_numbers_and_zones(staged: Any) -> None:
     assert visits["A1"]["starts_at"] == datetime(2025, 3, 13, 13, 20, tzinfo=UTC)  # the column's own zone
     assert (visits["A2"]["duration_minutes__error"], visits["A2"]["fee"]) == ("out_of_range", Decimal("12.50"))
     assert (visits["A3"]["duration_minutes__error"], visits["A3"]["fee__error"]) == ("not_integer", "not_number")
+
+
+def test_the_latest_duplicate_of_a_typed_entity_is_kept(staged: Any) -> None:
+    """Appointments are typed in typed_appointments and ranked in stg_appointments among the rows
+    that share their key only: each key keeps one row (occurrence 1), the latest by `changed`,
+    then the last in the file; the others are numbered after it, and none is refused."""
+    duplicates = staged["duplicates"]
+    assert len(duplicates) == len(DUPLICATE_VISITS)
+    for appt_id, (kept, lengths) in KEPT_VISITS.items():
+        assert staged["appointments"][appt_id]["duration_minutes"] == kept
+        occurrences = sorted(duplicates[f"{appt_id}/{length}"]["occurrence"] for length in (10, 20, 30)
+                             if f"{appt_id}/{length}" in duplicates)
+        assert occurrences == lengths, appt_id
+        assert duplicates[f"{appt_id}/{kept}"]["occurrence"] == 1
+    assert not any(row["has_error"] for row in duplicates.values())
