@@ -42,10 +42,22 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import ADMIN_DSN, DAG, PG, ROOT, airflow, dsn, reset_client, run_dag, scratch_dir, settle, sh  # noqa: E402
+from bench_e2e import (  # noqa: E402
+    ADMIN_DSN,
+    DAG,
+    PG,
+    ROOT,
+    airflow,
+    dsn,
+    fresh_days,
+    reset_client,
+    run_dag,
+    s3_bucket,
+    scratch_dir,
+    settle,
+    sh,
+)
 
-from client_extractor.contract import parse_key  # noqa: E402
-from clientflow.config import S3Settings  # noqa: E402
 from clientflow.sample import ehrlogic  # noqa: E402
 
 SOURCE_DB = "bench_ehrlogic_incremental_source"
@@ -81,29 +93,6 @@ def change(share: float) -> int:
                                             "where {} % {} = 7").format(
                 sql.Identifier(table), sql.Identifier(key), sql.Literal(step))).rowcount
     return changed
-
-
-def fresh_days(count: int) -> list[date]:
-    """The first ``count`` dates from tomorrow on for which neither the bucket nor the ledger knows a
-    batch of the client: no earlier run of a benchmark can be mistaken for this one's batches."""
-    s3 = S3Settings(bucket=s3_bucket(), endpoint_url=f"http://127.0.0.1:{os.environ.get('CLIENTFLOW_S3_PORT', '5055')}",
-                    access_key_id="local-access-key", secret_access_key="local-secret-key").client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket(), Prefix="client=ehrlogic/")
-            for o in page.get("Contents", [])]
-    used = {p.day for p in map(parse_key, keys) if p is not None}
-    with psycopg.connect(dsn("clientflow_staging")) as conn:  # the bucket forgets when its server restarts
-        used |= {row[0] for row in conn.execute("select batch_date from pipeline.batches where client_name = 'ehrlogic'")}
-    out: list[date] = []
-    day = date.today()
-    while len(out) < count:
-        day = date.fromordinal(day.toordinal() + 1)
-        if day not in used:
-            out.append(day)
-    return out
-
-
-def s3_bucket() -> str:
-    return os.environ.get("CLIENTFLOW_BUCKET", "clientflow-landing")
 
 
 def extract(day: date, config: Path, *extra: str) -> tuple[float, float]:
