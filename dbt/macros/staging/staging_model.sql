@@ -321,7 +321,7 @@ select
     null::text as {{ c['name'] }}__error,
     {%- endfor %}
     false as has_error,
-    coalesce(r.occurrence, 1) as occurrence,
+    1::bigint as occurrence,
     null::text as source_table,
     null::bigint as source_row,
     null::text as source_file,
