@@ -100,7 +100,7 @@ def parse_key(key: str) -> ParsedKey | None:
     """The parts of a key in our layout, or None for any other key (wrong shape, bad client name,
     bad run id, impossible date)."""
     match = _KEY.match(key)
-    if not match or not CLIENT_NAME.match(match["client"]) or not RUN_ID.match(match["run_id"]):
+    if not match or not CLIENT_NAME.fullmatch(match["client"]) or not RUN_ID.fullmatch(match["run_id"]):
         return None
     d = match["date"]
     try:

@@ -206,7 +206,7 @@ def build_settings(argv: list[str] | None) -> Settings:
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (on the command line or in --config)")
     source = parse_source_url(source_raw)
-    if not CLIENT_NAME.match(client):
+    if not CLIENT_NAME.fullmatch(client):
         raise UsageError(f"--client must match {CLIENT_NAME.pattern} ({CLIENT_NAME_RULE})")
 
     tables = _pick_tables(args, conf)
@@ -214,7 +214,7 @@ def build_settings(argv: list[str] | None) -> Settings:
     date = _parse_date(pick("date"), now.date())
 
     run_id = pick("run_id") or default_run_id(now)
-    if not RUN_ID.match(run_id):
+    if not RUN_ID.fullmatch(run_id):
         raise UsageError(f"--run-id must be {RUN_ID_RULE}")
 
     endpoint_url = pick("endpoint_url")

@@ -46,7 +46,7 @@ def check_identifier(name: str, kind: str = "identifier") -> str:
 
 
 def check_client_name(name: str) -> str:
-    if not CLIENT_NAME.match(name or ""):
+    if not CLIENT_NAME.fullmatch(name or ""):
         raise IdentifierError(f"client name {name!r} must match {CLIENT_NAME.pattern}")
     return name
 

@@ -71,7 +71,7 @@ def plan(client: str, batch_date: Any, run_id: Any, logical_date: datetime | Non
             raise BadInputError("param batch_date is not a calendar date", where) from None
     else:
         day = logical_date.date() if logical_date is not None else datetime.now(UTC).date()
-    if run_id not in (None, "") and not (isinstance(run_id, str) and RUN_ID.match(run_id)):
+    if run_id not in (None, "") and not (isinstance(run_id, str) and RUN_ID.fullmatch(run_id)):
         raise BadInputError(f"param run_id must be {RUN_ID_RULE}", where)
     return Batch(client=client, day=day, run_id=run_id or None)
 

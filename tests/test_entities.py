@@ -9,13 +9,16 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
+from client_extractor.contract import CLIENT_NAME
 from clientflow import bootstrap
-from clientflow.entities import CLIENT_KEY, ENTITIES, Column, Entity
+from clientflow.entities import BY_NAME, CLIENT_KEY, ENTITIES, TENANT_CHECK, Column, Entity
 from clientflow.transform import generate
 
 
@@ -117,3 +120,38 @@ def test_production_and_dummy_production_hold_the_declared_columns(settings: Any
                     "select column_name from information_schema.columns where table_schema = 'practice' "
                     "and table_name = %s order by ordinal_position", (entity.name,))]
                 assert found == list(entity.production_columns), (target.dbname, entity.name)
+
+
+def _passes(conn: psycopg.Connection[Any], check: str, column: str, value: str) -> bool:
+    """Whether PostgreSQL's CHECK ``check`` on ``column`` accepts ``value``."""
+    row = conn.execute(sql.SQL("select coalesce({}, true) from (select %s::text as {}) as t").format(
+        sql.SQL(check), sql.Identifier(column)), (value,)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+NAMES = ["a", "ehrlogic", "a_b9", "a" * 40, "a" * 41, "", "A", "Acme", "1abc", "_a", "a-b", "a b", "aé", "é",
+         "ab\n", "a\nb", "ab ", "a" * 39 + "_", "z" * 40 + "\n"]
+
+
+def test_the_tenant_check_accepts_exactly_the_client_names(settings: Any) -> None:
+    """production.sql's CHECK on client_id (written without a counted repeat, for speed) and the
+    client-name rule every other place applies (client_extractor.contract.CLIENT_NAME) agree."""
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        for name in NAMES:
+            assert _passes(conn, TENANT_CHECK, CLIENT_KEY, name) is bool(CLIENT_NAME.fullmatch(name)), repr(name)
+
+
+@pytest.mark.parametrize(("entity", "column", "rule"), [
+    ("patients", "phone", r"^\+?[0-9]{7,15}$"),  # an optional +, then 7 to 15 digits
+    ("providers", "npi", r"^[0-9]{10}$"),  # ten digits
+])
+def test_a_check_written_for_speed_keeps_its_rule(settings: Any, entity: str, column: str, rule: str) -> None:
+    """The CHECKs written with length() and an uncounted repeat accept what the counted rule does."""
+    check = BY_NAME[entity].column(column).check
+    assert check is not None
+    values = ["", "+", "++1234567", "1234567+", "12345a7", "+12345a78", " 1234567890", "1234567890 ", "١٢٣٤٥٦٧٨٩٠",
+              *("1" * n for n in range(5, 18)), *("+" + "1" * n for n in range(5, 18))]
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        for value in values:
+            assert _passes(conn, check, column, value) is bool(re.fullmatch(rule, value)), repr(value)

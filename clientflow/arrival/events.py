@@ -42,7 +42,7 @@ _MAX_SHOWN = 160
 
 def queue_name(client: str) -> str:
     """The SQS queue of one client's manifest notifications (SQS allows 80 characters: ours are at most 58)."""
-    if not CLIENT_NAME.match(client):
+    if not CLIENT_NAME.fullmatch(client):
         raise ValueError("not a client name")
     return f"clientflow-{client.replace('_', '-')}-manifests"
 

@@ -58,9 +58,9 @@ def resolved_column(rules: ColumnRules, column: Column, timezone: str) -> dict[s
     elif base == "timestamptz":
         out["formats"] = _formats(rules.timestamp_formats, v.DEFAULT_TIMESTAMP_FORMATS, v.TIMESTAMP_FORMATS)
     elif base == "integer":
-        out["regex"] = v.INTEGER
+        out["regex"], out["max_length"] = v.INTEGER, v.MAX_NUMBER_LENGTH
     elif base == "numeric":
-        out["regex"] = v.NUMBER
+        out["regex"], out["max_length"] = v.NUMBER, v.MAX_NUMBER_LENGTH
         precision, _, declared_scale = column.sql_type.partition("(")[2].rstrip(")").partition(",")
         out["scale"] = rules.scale if rules.scale is not None else int(declared_scale or 0)
         out["max_abs"] = 10 ** (int(precision) - int(declared_scale or 0))
@@ -83,6 +83,7 @@ def resolved_table(name: str, spec: SourceTable, timezone: str) -> dict[str, Any
             "formats": _formats(None, v.DEFAULT_TIMESTAMP_FORMATS, v.TIMESTAMP_FORMATS),
             "timezone": timezone,
             "regex": v.NUMBER,
+            "max_length": v.MAX_NUMBER_LENGTH,
         },
         "columns": {col: resolved_column(rules, ours.column(col), timezone) for col, rules in spec.columns.items()},
     }

@@ -6,16 +6,22 @@
 -- source_batch_date is the date of the batch that last wrote the row: promotion never lets an
 -- older batch overwrite a row written by a newer one (a late upload of yesterday's files).
 -- The caller sets search_path to the target schema (practice) before running this file.
+--
+-- Every CHECK runs once per row written, in both databases (4,000,000 times each for the benchmark's
+-- first load), so a length is checked with length() and the characters with a regular expression
+-- without a counted repeat: PostgreSQL's engine ran `client_id ~ '^[a-z][a-z0-9_]{0,39}$'` in 5.0 s
+-- per 2,000,000 rows here, `client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40` (the same
+-- names) in 0.9 s. Each rule is the same as the counted form's.
 
 create table if not exists providers (
-    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     provider_id    text        not null check (provider_id <> ''),
     first_name     text,
     last_name      text        not null check (last_name <> ''),
     specialty      text        not null check (
         specialty in ('general_dentistry', 'orthodontics', 'hygiene', 'optometry', 'ophthalmology', 'other')
     ),
-    npi            text        check (npi ~ '^[0-9]{10}$'),
+    npi            text        check (npi ~ '^[0-9]+$' and length(npi) = 10),
     email          text        check (email = lower(email) and email like '%_@_%'),
     active         boolean     not null,
     ingestion_id   text        not null,
@@ -29,14 +35,14 @@ create table if not exists providers (
 );
 
 create table if not exists patients (
-    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     patient_id     text        not null check (patient_id <> ''),
     first_name     text,
     last_name      text        not null check (last_name <> ''),
     date_of_birth  date        check (date_of_birth between date '1890-01-01' and date '2100-01-01'),
     sex            text        not null check (sex in ('female', 'male', 'other', 'unknown')),
     email          text        check (email = lower(email) and email like '%_@_%'),
-    phone          text        check (phone ~ '^\+?[0-9]{7,15}$'),
+    phone          text        check (phone ~ '^\+?[0-9]+$' and length(ltrim(phone, '+')) between 7 and 15),
     postal_code    text,
     created_at     timestamptz,
     ingestion_id   text        not null,
@@ -50,7 +56,7 @@ create table if not exists patients (
 );
 
 create table if not exists appointments (
-    client_id         text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    client_id         text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     appointment_id    text        not null check (appointment_id <> ''),
     patient_id        text        not null,
     provider_id       text        not null,
@@ -77,7 +83,7 @@ create index if not exists appointments_provider_idx on appointments (client_id,
 -- Procedures performed at an appointment: a dental code (CDT, e.g. D1110) with the tooth, or an
 -- eye-care code (CPT, e.g. 92004) with the eye.
 create table if not exists procedures (
-    client_id       text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    client_id       text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     procedure_id    text        not null check (procedure_id <> ''),
     appointment_id  text        not null,
     code_system     text        not null check (code_system in ('cdt', 'cpt')),
@@ -112,7 +118,7 @@ create index if not exists procedures_batch_idx on procedures (ingestion_id);
 -- A row's promotion time is its batch's promoted_at here (join on ingestion_id): one row per
 -- batch rather than a value rewritten on every row the batch wrote.
 create table if not exists promotions (
-    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     ingestion_id   text        not null,
     batch_date     date        not null,
     promoted_at    timestamptz not null,

@@ -68,9 +68,9 @@ def test_model_fields_are_the_contract_fields() -> None:
     assert list(ManifestColumn.model_fields) == list(contract.COLUMN_FIELDS)
 
 
-@pytest.mark.parametrize("run_id", ["", "-starts-with-dash", "has:colon", "has/slash", "x" * 65, "sp ace"])
+@pytest.mark.parametrize("run_id", ["", "-starts-with-dash", "has:colon", "has/slash", "x" * 65, "sp ace", "r1\n"])
 def test_one_run_id_rule_on_both_sides(written_manifest: bytes, run_id: str) -> None:
-    assert not contract.RUN_ID.match(run_id)
+    assert not contract.RUN_ID.fullmatch(run_id)
     with pytest.raises(BadInputError, match="run_id"):
         parse_manifest(json.dumps({**json.loads(written_manifest), "run_id": run_id}).encode(), Where())
 
@@ -86,6 +86,8 @@ def test_layout_round_trips(table: str) -> None:
     "client=Acme/table=t/date=20260228/run_id=r1/data.json",  # client name not lowercase
     "client=acme/table=t/date=20260230/run_id=r1/data.json",  # no such day
     "client=acme/table=t/date=20260228/run_id=a:b/data.json",  # run id outside the rule
+    "client=acme\n/table=t/date=20260228/run_id=r1/data.json",  # a name and then a newline (re's $ allows one)
+    "client=acme/table=t/date=20260228/run_id=r1\n/data.json",
     "client=acme/table=t/date=20260228/run_id=r1/other.json",
     "client=acme/table=t/date=2026-02-28/run_id=r1/data.json",
 ])

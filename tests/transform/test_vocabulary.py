@@ -86,6 +86,12 @@ def _tables() -> dict[str, list[dict[str, Any]]]:
          "cents": "12.5e2"},
         {"appt_id": "A3", "loc": "L1", "pt_no": "2", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": "thirty",
          "cents": "NaN"},
+        # Numbers PostgreSQL's numeric input cannot read ("value overflows numeric format", which
+        # failed the whole model), then numbers of 31 and 40 digits: too large for the column.
+        {"appt_id": "N1", "loc": "L1", "pt_no": "2", "prov_id": "D1", "start": "2025-03-13T08:20:00",
+         "len": "1." + "0" * 20_000, "cents": "." + "1" * 20_000},
+        {"appt_id": "N2", "loc": "L1", "pt_no": "2", "prov_id": "D1", "start": "2025-03-13T08:20:00",
+         "len": "1" + "0" * 30, "cents": "9" * 40},
     ]
     visits = [{**v, "changed": None} for v in visits] + [
         {"appt_id": appt_id, "loc": "L1", "pt_no": "0", "prov_id": "D1", "start": "2025-03-13T08:20:00", "len": length,
@@ -141,6 +147,8 @@ def test_booleans_constants_numbers_and_zones(staged: Any) -> None:
     assert visits["A1"]["starts_at"] == datetime(2025, 3, 13, 13, 20, tzinfo=UTC)  # the column's own zone
     assert (visits["A2"]["duration_minutes__error"], visits["A2"]["fee"]) == ("out_of_range", Decimal("12.50"))
     assert (visits["A3"]["duration_minutes__error"], visits["A3"]["fee__error"]) == ("not_integer", "not_number")
+    assert (visits["N1"]["duration_minutes__error"], visits["N1"]["fee__error"]) == ("not_integer", "not_number")
+    assert (visits["N2"]["duration_minutes__error"], visits["N2"]["fee__error"]) == ("out_of_range", "out_of_range")
 
 
 def test_the_latest_duplicate_of_a_typed_entity_is_kept(staged: Any) -> None:

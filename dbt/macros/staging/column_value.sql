@@ -23,11 +23,11 @@
         {%- endfor %}
         end)
     {%- elif base == 'integer' -%}
-        (case when {{ t }} ~ {{ sql_literal(spec['regex']) }}
+        (case when {{ number_shape(spec, t) }}
             and ({{ t }})::numeric between -2147483648 and 2147483647 then ({{ t }})::numeric::integer end)
     {%- elif base == 'numeric' -%}
         {%- set n -%}round(({{ t }})::numeric{% if spec['multiplier'] %} * {{ spec['multiplier'] }}{% endif %}, {{ spec['scale'] }}){%- endset -%}
-        (case when {{ t }} ~ {{ sql_literal(spec['regex']) }} and abs({{ n }}) < {{ spec['max_abs'] }} then {{ n }} end)
+        (case when {{ number_shape(spec, t) }} and abs({{ n }}) < {{ spec['max_abs'] }} then {{ n }} end)
     {%- elif base == 'boolean' -%}
         (case
             when lower({{ t }}) in ({% for s in spec['boolean']['true'] %}{{ sql_literal(s) }}{{ ", " if not loop.last }}{% endfor %}) then true
@@ -47,9 +47,9 @@
     {%- elif base == 'timestamptz' -%}
         'timestamp_format'
     {%- elif base == 'integer' -%}
-        (case when {{ t }} ~ {{ sql_literal(spec['regex']) }} then 'out_of_range' else 'not_integer' end)
+        (case when {{ number_shape(spec, t) }} then 'out_of_range' else 'not_integer' end)
     {%- elif base == 'numeric' -%}
-        (case when {{ t }} ~ {{ sql_literal(spec['regex']) }} then 'out_of_range' else 'not_number' end)
+        (case when {{ number_shape(spec, t) }} then 'out_of_range' else 'not_number' end)
     {%- elif base == 'boolean' -%}
         'not_boolean'
     {%- else -%}
@@ -89,4 +89,12 @@
         make_timestamp({{ p['y'] }}, {{ p['m'] }}, {{ p['d'] }}, {{ p['h'] }}, {{ p['mi'] }}, 0)
             at time zone {{ sql_literal(zone) }}
     {%- endif -%}
+{%- endmacro %}
+
+
+{# True when the text `t` is a number PostgreSQL reads safely as numeric: not longer than the
+   vocabulary's MAX_NUMBER_LENGTH (checked first: a far longer number's cast fails the query), in
+   the shape of the spec's regex (vocabulary.INTEGER or NUMBER). #}
+{% macro number_shape(spec, t) -%}
+    (length({{ t }}) <= {{ spec['max_length'] | int }} and {{ t }} ~ {{ sql_literal(spec['regex']) }})
 {%- endmacro %}

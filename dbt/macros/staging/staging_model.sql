@@ -354,7 +354,7 @@ where false
         null::timestamptz
     {%- endif %} as dedupe_ts,
         {% if by and kind == 'number' -%}
-        (case when {{ raw }} ~ {{ sql_literal(dup['regex']) }} then ({{ raw }})::numeric end)
+        (case when {{ number_shape(dup, raw) }} then ({{ raw }})::numeric end)
     {%- else -%}
         null::numeric
     {%- endif %} as dedupe_num,

@@ -12,7 +12,7 @@
         {"name": "date_of_birth", "sql_type": "date", "check": "date_of_birth between date '1890-01-01' and date '2100-01-01'"},
         {"name": "sex", "sql_type": "text", "accepted": ["female", "male", "other", "unknown"]},
         {"name": "email", "sql_type": "text", "check": "email = lower(email) and email like '%_@_%'"},
-        {"name": "phone", "sql_type": "text", "check": "phone ~ '^\\+?[0-9]{7,15}$'"},
+        {"name": "phone", "sql_type": "text", "check": "phone ~ '^\\+?[0-9]+$' and length(ltrim(phone, '+')) between 7 and 15"},
         {"name": "postal_code", "sql_type": "text"},
         {"name": "created_at", "sql_type": "timestamptz"}
     ],

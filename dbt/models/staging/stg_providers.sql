@@ -10,7 +10,7 @@
         {"name": "first_name", "sql_type": "text"},
         {"name": "last_name", "sql_type": "text", "check": "last_name <> ''"},
         {"name": "specialty", "sql_type": "text", "accepted": ["general_dentistry", "orthodontics", "hygiene", "optometry", "ophthalmology", "other"]},
-        {"name": "npi", "sql_type": "text", "check": "npi ~ '^[0-9]{10}$'"},
+        {"name": "npi", "sql_type": "text", "check": "npi ~ '^[0-9]+$' and length(npi) = 10"},
         {"name": "email", "sql_type": "text", "check": "email = lower(email) and email like '%_@_%'"},
         {"name": "active", "sql_type": "boolean"}
     ],
