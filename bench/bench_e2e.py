@@ -292,6 +292,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=1_000_000)
     args = parser.parse_args()
+    began = datetime.now()
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, cwd=ROOT)
     airflow("dags", "unpause", DAG)
     reset_client(keep_ledger=True)
@@ -329,7 +330,7 @@ def main() -> int:
           f"promote_1pct_ratio={p:.3f} peak_rss_mb={peak.peak_kb / 1024:.0f}")
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BASELINE_DB)))
-    print(f"(started {datetime.now():%H:%M}; the stack keeps running: make down stops it)")
+    print(f"(started {began:%H:%M}, ended {datetime.now():%H:%M}; the stack keeps running: make down stops it)")
     return 0
 
 

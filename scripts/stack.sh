@@ -35,6 +35,39 @@ log() { printf '[stack] %s\n' "$*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# The pid of the process listening on TCP port $1, found through /proc (no ss or lsof needed);
+# nothing if no listener, or if it is another user's process this user cannot see.
+listener_pid() {
+  local hex inode fd
+  hex=$(printf '%04X' "$1")
+  inode=$(awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10; exit }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)
+  { [ -n "$inode" ] && [ "$inode" != 0 ]; } || return 0
+  for fd in /proc/[0-9]*/fd/*; do
+    if [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$inode]" ]; then fd=${fd#/proc/}; echo "${fd%%/*}"; return 0; fi
+  done
+}
+
+# The checkout whose stack holds port $1, when it is another clientflow checkout than this one
+# (its virtualenv or .stack in the listener's command line): reusing that service would run the
+# other checkout's code and settings. Nothing when the port is free, ours, or held by anything else.
+foreign_stack() {
+  local pid cmd other
+  pid=$(listener_pid "$1"); [ -n "$pid" ] || return 0
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  other=$(printf '%s' "$cmd" | grep -oE '[^ =]*/(\.venv/bin|\.stack)/' | head -n1 | sed -E 's#/(\.venv/bin|\.stack)/$##' || true)
+  [ -z "$other" ] || [ "$other" = "$ROOT" ] || echo "$other"
+}
+
+# Refuses (fails `up`) when port $2 of service $1 is held by another checkout's stack.
+refuse_foreign() {
+  local other; other=$(foreign_stack "$2")
+  [ -z "$other" ] && return 0
+  log "$1: port $2 is held by the stack of another checkout ($other); run 'make down' there, or give this" \
+    "stack other ports (CLIENTFLOW_*_PORT, see scripts/stack.sh)"
+  return 1
+}
+
 wait_port() {
   local host=$1 port=$2 what=$3 tries=${4:-120}
   for _ in $(seq 1 "$tries"); do port_open "$host" "$port" && return 0; sleep 0.5; done
@@ -90,6 +123,7 @@ ensure_redis() {
 
 # Prometheus (Debian's package) scraping the pipeline's metrics server every 5 s; data in .stack/.
 start_prometheus() {
+  refuse_foreign Prometheus "$PROMETHEUS_PORT"
   if port_open 127.0.0.1 "$PROMETHEUS_PORT"; then log "Prometheus: already listening on $PROMETHEUS_PORT"; return 0; fi
   if ! command -v prometheus >/dev/null; then
     log "Prometheus: installing from Debian"
@@ -135,6 +169,7 @@ ensure_mariadb() {
 
 start_bg() {  # name port command...
   local name=$1 port=$2; shift 2
+  refuse_foreign "$name" "$port"
   if port_open 127.0.0.1 "$port"; then log "$name: already listening on $port"; return 0; fi
   nohup "$@" >"$STATE/$name.log" 2>&1 &
   echo $! >"$STATE/$name.pid"
@@ -225,6 +260,7 @@ up() {
   airflow_env
   mkdir -p "$AIRFLOW_HOME"
   [ -f "$AIRFLOW_HOME/passwords.json" ] || echo '{"admin": "admin"}' >"$AIRFLOW_HOME/passwords.json"
+  refuse_foreign Airflow "$AIRFLOW_PORT"
   if ! port_open 127.0.0.1 "$AIRFLOW_PORT"; then
     metadata_database
     "$VENV/bin/airflow" db migrate >"$STATE/airflow-migrate.log" 2>&1
@@ -321,7 +357,9 @@ status() {
   for pair in "PostgreSQL $PG_PORT" "Redis $REDIS_PORT" "S3(moto) $MOTO_PORT" "SMTP $SMTP_PORT" "Metrics $METRICS_PORT" \
               "Prometheus $PROMETHEUS_PORT" "Airflow $AIRFLOW_PORT"; do
     set -- $pair
-    if port_open 127.0.0.1 "$2"; then echo "$1: up on $2"; else echo "$1: down"; fi
+    local other; other=$(foreign_stack "$2")
+    if [ -n "$other" ]; then echo "$1: up on $2, the stack of another checkout ($other)"
+    elif port_open 127.0.0.1 "$2"; then echo "$1: up on $2"; else echo "$1: down"; fi
   done
 }
 
