@@ -48,15 +48,21 @@ listener_pid() {
   done
 }
 
-# The checkout whose stack holds port $1, when it is another clientflow checkout than this one
-# (its virtualenv or .stack in the listener's command line): reusing that service would run the
-# other checkout's code and settings. Nothing when the port is free, ours, or held by anything else.
+# The checkout whose stack holds port $1, when it is another clientflow checkout than this one:
+# reusing that service would run the other checkout's code and settings. The listener's command
+# line names its checkout's .venv or .stack; Airflow's api-server retitles itself ("airflow
+# api_server -- ..."), so then its working directory, where `up` started it, says it. Nothing when
+# the port is free, ours, or held by anything else.
 foreign_stack() {
   local pid cmd other
   pid=$(listener_pid "$1"); [ -n "$pid" ] || return 0
   cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
   other=$(printf '%s' "$cmd" | grep -oE '[^ =]*/(\.venv/bin|\.stack)/' | head -n1 | sed -E 's#/(\.venv/bin|\.stack)/$##' || true)
-  [ -z "$other" ] || [ "$other" = "$ROOT" ] || echo "$other"
+  if [ -z "$other" ]; then
+    other=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+    [ -n "$other" ] && [ -f "$other/scripts/stack.sh" ] || return 0
+  fi
+  [ "$other" = "$ROOT" ] || [ "$other" = "$(cd "$ROOT" && pwd -P)" ] || echo "$other"
 }
 
 # Refuses (fails `up`) when port $2 of service $1 is held by another checkout's stack.

@@ -33,10 +33,11 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _listener(python: Path, port: int) -> subprocess.Popen[bytes]:
-    """An HTTP server on ``port`` whose command line names ``python`` (as a service of a stack does)."""
-    proc = subprocess.Popen([str(python), "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _listener(python: Path, port: int, *, title: str | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """An HTTP server on ``port`` whose command line names ``python`` (as a service of a stack does),
+    or only ``title`` (as Airflow's api-server, which retitles itself), started in ``cwd``."""
+    proc = subprocess.Popen([title or str(python), "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            executable=python, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         if _listening(port):
             return proc
@@ -50,6 +51,8 @@ def other_checkout(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A listener started from another checkout's virtualenv (a link to this interpreter)."""
     other = tmp_path / "other-clone"
     (other / ".venv" / "bin").mkdir(parents=True)
+    (other / "scripts").mkdir()
+    (other / "scripts" / "stack.sh").write_text("#!/bin/sh\n", encoding="utf-8")
     python = other / ".venv" / "bin" / "python"
     python.symlink_to(sys.executable)
     port = _free_port()
@@ -78,6 +81,18 @@ def test_up_refuses_another_checkouts_service_and_starts_nothing(other_checkout:
     assert done.returncode != 0
     assert f"moto: port {port} is held by the stack of another checkout ({other})" in done.stderr
     assert not _listening(smtp) and not _listening(metrics)  # up stopped at the first refused port
+
+
+def test_a_retitled_service_is_known_by_its_working_directory(other_checkout: tuple[Path, int]) -> None:
+    other, _ = other_checkout
+    port = _free_port()
+    proc = _listener(Path(sys.executable), port, title="airflow api_server", cwd=other)
+    try:
+        assert f"Airflow: up on {port}, the stack of another checkout ({other})" in \
+            _stack("status", airflow=port).stdout.splitlines()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_service_of_this_checkout_is_its_own() -> None:
