@@ -13,16 +13,14 @@ name, and they would make error messages and logs ambiguous.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable
 
 from psycopg import sql
 
+from client_extractor.contract import CLIENT_NAME
+
 MAX_IDENTIFIER_BYTES = 63
-CLIENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-# An extractor run id: safe in an S3 key and an Airflow param (the extractor makes e.g. 20261122T010203Z-ab12cd).
-RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 RESERVED_RAW_COLUMNS = ("ingestion_id", "client_name", "source_file", "source_row", "loaded_at")
 
 
