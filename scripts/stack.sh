@@ -202,6 +202,8 @@ airflow_env() {
     export AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:$REDIS_PORT/2"
     export AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql://postgres@$PG_HOST:$PG_PORT/clientflow_airflow"
     export AIRFLOW__CELERY__WORKER_CONCURRENCY=4
+    # The workers preload what a task's DAG parse imports, as the local executor does (clientflow/celery_config.py).
+    export AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=clientflow.celery_config.CELERY_CONFIG
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW_PORT/execution/"
     # Separate processes must share the secrets that standalone keeps to itself.
     [ -f "$STATE/airflow-secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/airflow-secret"

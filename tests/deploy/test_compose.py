@@ -119,6 +119,8 @@ def test_the_celery_workers_and_their_number(services: dict[str, Any]) -> None:
     assert int(worker["deploy"]["replicas"]) == 2
     assert int(compose({"CLIENTFLOW_WORKERS": "5"})["services"]["airflow-worker"]["deploy"]["replicas"]) == 5
     assert int(_env(worker)["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == 4
+    # the workers preload (tests/test_executor.py runs this configuration)
+    assert _env(worker)["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "clientflow.celery_config.CELERY_CONFIG"
     assert "container_name" not in worker, "a fixed container name allows one replica only"
     broker = urlsplit(_env(worker)["AIRFLOW__CELERY__BROKER_URL"])
     assert broker.scheme == "redis" and broker.hostname in services

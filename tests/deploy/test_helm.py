@@ -229,6 +229,7 @@ def test_workers_have_replicas_and_resources(values: dict[str, Any]) -> None:
     workers = values["workers"]
     assert isinstance(workers["replicas"], int) and workers["replicas"] >= 2
     assert isinstance(values["config"]["celery"]["worker_concurrency"], int)
+    assert values["config"]["celery"]["celery_config_options"] == "clientflow.celery_config.CELERY_CONFIG"
     for component in COMPONENTS:
         resources = values[component]["resources"]
         assert {"cpu", "memory"} <= set(resources["requests"]), component
