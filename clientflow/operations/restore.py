@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from clientflow.config import PipelineSettings
-from clientflow.db import set_tenant
+from clientflow.db import relay_copy, set_tenant
 from clientflow.entities import ENTITY_ORDER, entity
 from clientflow.operations import ledger, locks
 
@@ -84,10 +84,7 @@ def sync_dummy_production(staging: psycopg.Connection[Any], production: psycopg.
         out_sql = sql.SQL("copy (select {} from {} where client_id = {}) to stdout (format binary)").format(
             cols, table, sql.Literal(client))
         in_sql = sql.SQL("copy {} ({}) from stdin (format binary)").format(table, cols)
-        with production.cursor() as out_cur, staging.cursor() as in_cur:
-            with out_cur.copy(out_sql) as source, in_cur.copy(in_sql) as sink:
-                for chunk in source:
-                    sink.write(chunk)
+        relay_copy(production, out_sql, staging, in_sql)
         row = staging.execute(sql.SQL("select count(*) from {} where client_id = %s").format(table),
                               (client,)).fetchone()
         copied[name] = int(row[0]) if row else 0

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from clientflow.db import set_tenant
+from clientflow.db import relay_copy, set_tenant
 from clientflow.entities import ENTITY_ORDER, entity
 from clientflow.errors import PermanentError, Where
 from clientflow.promotion.undo import merged_rows
@@ -78,10 +78,7 @@ def _copy(staging: psycopg.Connection[Any], production: psycopg.Connection[Any],
     cols = _names(entity(name).production_columns)
     out_sql = sql.SQL("copy (select {} from {}) to stdout (format binary)").format(cols, _changes(client, name))
     in_sql = sql.SQL("copy {} ({}) from stdin (format binary)").format(into, cols)
-    with staging.cursor() as out_cur, production.cursor() as in_cur:
-        with out_cur.copy(out_sql) as source, in_cur.copy(in_sql) as sink:
-            for chunk in source:
-                sink.write(chunk)
+    relay_copy(staging, out_sql, production, in_sql)
 
 
 def _merge(production: psycopg.Connection[Any], name: str, incoming: str) -> tuple[int, int]:

@@ -59,12 +59,14 @@ def dbt_env(settings: Any, batch: Any | None) -> dict[str, str]:
     }
 
 
-def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any] | None = None) -> None:
-    """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build."""
+def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any] | None = None,
+              command: str = "build", select: str = "path:models") -> None:
+    """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build;
+    ``command`` and ``select``: another dbt command or selection (a test that runs one model)."""
     dbt_vars = {**mapping.dbt_vars(), **(extra_vars or {})}
     with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
         done = subprocess.run(
-            [str(DBT), "build", "--select", "path:models", "--vars", json.dumps(dbt_vars),
+            [str(DBT), command, "--select", select, "--vars", json.dumps(dbt_vars),
              "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
              "--target-path", f"{tmp}/target", "--log-path", f"{tmp}/logs", "--no-partial-parse"],
             cwd=DBT_DIR, env=dbt_env(settings, batch), capture_output=True, text=True, timeout=300,

@@ -1,5 +1,5 @@
 {#
-    Pre-hook of the staging models: may the planner use nested loops, and compile with JIT?
+    Pre-hook of the staging models: may the planner use nested loops?
 
     A batch is compared with the client's rows in dummy production (the parents its rows refer to,
     the rows it changes). For a small batch (an incremental one, a few thousand changed rows) the
@@ -10,9 +10,12 @@
     get hash joins, always. Dummy production's statistics are kept true by the dummy_upsert
     materialization; `nested_loop_max_rows` (var) draws the line, on the batch's rows (pipeline.jobs).
 
-    JIT compilation (off in dbt's sessions: clientflow.transform.dbt_group) is back on for a large
-    batch's staging models, whose expressions run millions of times (19.5 s -> 18.4 s for 1,000,000
-    patients); for a small batch, compiling (1.5-2 s per model) costs more than running the model.
+    JIT compilation stays off, as in every session of ours (clientflow.db.SESSION_SETTINGS). It was
+    on for a large batch's staging models until 2026-12-06, when the same statements of the
+    benchmark's 2,000,000 appointments, alternated, ran as fast or faster without it: typed 18.5 and
+    18.5 s with, 18.5 and 19.3 s without; stg_patients 18.2 and 16.4 with, 17.1 and 16.3 without;
+    stg_appointments 13.7 and 13.1 with, 12.4 and 12.4 without; a first load's changes_appointments
+    6.5 and 6.4 with, 5.4 and 5.3 without (1.5 s of compiling, for expressions that do little).
 #}
 {% macro staging_planner_settings() -%}
     {%- set rows = 0 -%}
@@ -22,6 +25,5 @@
         {%- set rows = counted.columns[0].values()[0] | int -%}
     {%- endif -%}
     {%- set small = rows <= var('nested_loop_max_rows') | int %}
-    set local enable_nestloop = {{ 'on' if small else 'off' }};
-    set local jit = {{ 'off' if small else 'on' }}
+    set local enable_nestloop = {{ 'on' if small else 'off' }}
 {%- endmacro %}

@@ -367,10 +367,13 @@ where false
 
 
 {# Which duplicate of its key a row is: 1 for the one kept (the mapping's `duplicates`: the latest
-   by its column, then the last in the file). #}
+   by its column, then the last in the file). The key's rows are grouped by its bytes (collate "C":
+   the same groups, as every collation of ours is deterministic), which sorts on abbreviated keys
+   instead of calling the C library per comparison: stg_patients of 1,000,000 rows 14.8 and 14.2 s
+   against 15.7 and 15.2 s (alternated, 2026-12-06). #}
 {% macro duplicate_rank(key) -%}
     row_number() over (
-            partition by {{ key }}
+            partition by {{ key }} collate "C"
             order by dedupe_ts desc nulls last, dedupe_num desc nulls last, dedupe_text desc nulls last,
                 source_table_order desc, source_row desc
         )
