@@ -74,7 +74,7 @@ def test_a_deferred_wait_sees_the_batch_that_lands_while_it_waits(settings: Any)
     nested layout) and resumes only once one run is complete."""
     import asyncio
 
-    from airflow.exceptions import TaskDeferred
+    from airflow.sdk.exceptions import TaskDeferred
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     mapping = mapping_for("arr_deferred")
