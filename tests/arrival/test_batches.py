@@ -74,8 +74,8 @@ def test_a_deferred_wait_sees_the_batch_that_lands_while_it_waits(settings: Any)
     nested layout) and resumes only once one run is complete."""
     import asyncio
 
-    from airflow.sdk.exceptions import TaskDeferred
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk.exceptions import TaskDeferred
 
     mapping = mapping_for("arr_deferred")
     practice = Practice(settings, mapping.client)
