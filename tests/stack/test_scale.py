@@ -93,10 +93,10 @@ def celery_stack() -> None:
     deadline = time.time() + 240
     while True:
         known = dict(_meta("select dag_id, is_paused from dag where dag_id = any(%s)", DAG_IDS))
-        if all(f"client_{c}" in known for c in CLIENTS):
-            for client in CLIENTS:
-                if known[f"client_{client}"]:
-                    _airflow("dags", "unpause", f"client_{client}")
+        if all(dag_id in known for dag_id in DAG_IDS):
+            for dag_id in DAG_IDS:
+                if known[dag_id]:
+                    _airflow("dags", "unpause", dag_id)
             watching = _meta(
                 "select count(distinct d.dag_id) from dag d join dag_schedule_asset_reference r using (dag_id) "
                 "join asset_watcher w on w.asset_id = r.asset_id join trigger t on t.id = w.trigger_id "

@@ -14,8 +14,21 @@ def read_mail(box: Path, kind: str | None = None) -> list[Any]:
     ALERT, RECOVERED: the X-Clientflow-Alert header)."""
     if not box.exists():
         return []
-    found = sorted(mailbox.Maildir(str(box), create=False), key=lambda m: m.get_date())
+    maildir = mailbox.Maildir(str(box), create=False)
+    found = [maildir[key] for key in sorted(maildir.keys(), key=_delivered)]
     return [m for m in found if kind is None or m.get("X-Clientflow-Alert") == kind]
+
+
+def _delivered(key: str) -> tuple[int, int, int, int]:
+    """When a message reached the Maildir, from its file name (mailbox.Maildir writes
+    ``<seconds>.M<microseconds>P<pid>Q<count>.<host>``): its Date header says only the second, so
+    two messages of one second could swap places, and a test that slices off the messages it had
+    seen before (``read_mail(box)[before:]``) would take an old one for a new one."""
+    found = re.match(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.", key)
+    if found is None:
+        raise AssertionError(f"a Maildir message not written by mailbox.Maildir: {key}")
+    seconds, micros, pid, count = (int(g) for g in found.groups())
+    return seconds, micros, pid, count
 
 
 def body_of(message: Any) -> str:
