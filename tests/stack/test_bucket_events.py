@@ -60,11 +60,43 @@ def stack() -> None:
         subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=_stack_env(), check=True)
     from bench.bench_e2e import reset_client
 
+    _forget_dag(DAG)  # earlier runs of the DAG, queued ones too
     reset_client()
-    _airflow("dags", "delete", DAG, "--yes")  # earlier runs of the DAG, queued ones too
     _unpause_and_watch()  # the dag-processor parses the file again; then the watcher starts
     _wait_idle(-1, quiet=20)  # the scheduled run of today, created at the unpause, ends skipped (no batch)
     ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
+
+
+def _quiesce(*dag_ids: str, timeout: float = 300) -> None:
+    """Pause the DAGs and wait until no task of theirs runs. Airflow's metadata database outlives a
+    stack of the same checkout, and with it a DAG an earlier suite left unpaused (test-scale's):
+    the new stack's scheduler starts its runs at once, and a test that resets the client, or
+    deletes the DAG's runs (which Airflow refuses while a task runs), would race them."""
+    with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+        known = {row[0] for row in meta.execute("select dag_id from dag where dag_id = any(%s)", (list(dag_ids),))}
+    for dag_id in sorted(known):  # a DAG the metadata database does not know yet has run nothing
+        _airflow("dags", "pause", dag_id)
+    deadline = time.time() + timeout
+    while True:
+        with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+            running = meta.execute("select dag_id, task_id from task_instance where dag_id = any(%s) and state in "
+                                   "('running', 'queued', 'restarting')", (list(dag_ids),)).fetchall()
+        if not running:
+            return
+        assert time.time() < deadline, f"tasks still running {timeout} s after their DAGs were paused: {running}"
+        time.sleep(3)
+
+
+def _forget_dag(dag_id: str) -> None:
+    """Delete what Airflow's metadata database holds of the DAG (its runs, backfills and the DAG
+    itself, which comes back paused at its next parse): that database outlives a stack of the same
+    checkout, and an earlier run's records would stand in for this one's (a backfill skips the
+    dates that already have a run)."""
+    _quiesce(dag_id)
+    with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+        known = meta.execute("select 1 from dag where dag_id = %s", (dag_id,)).fetchone() is not None
+    if known:
+        _airflow("dags", "delete", dag_id, "--yes")
 
 
 def _unpause_and_watch(timeout: float = 180) -> None:

@@ -34,6 +34,8 @@ from tests.stack.test_bucket_events import (
     _airflow,
     _aws,
     _batch,
+    _forget_dag,
+    _quiesce,
     _stack_env,
     _unpause_and_watch,
     _wait_promoted,
@@ -82,7 +84,10 @@ def stack() -> None:
         subprocess.run([str(ROOT / "scripts" / "stack.sh"), command], cwd=ROOT, env=env, check=True)
     from bench.bench_e2e import reset_client
 
+    _forget_dag(DAG)  # the runs an earlier suite left (a backfill would skip their dates)
+    _quiesce("client_iriscare")
     reset_client()
+    reset_client("iriscare")  # the stale-client check counts on iriscare never promoted on this stack
     with psycopg.connect(f"{PG}/clientflow_staging") as conn:
         conn.execute("delete from pipeline.incidents")
         conn.execute("delete from pipeline.stage_runs where client_name = %s", (CLIENT,))

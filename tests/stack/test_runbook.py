@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 import pytest
 
-from tests.stack.test_bucket_events import BUCKET, PG, ROOT, S3_URL, _airflow, _aws, _stack_env
+from tests.stack.test_bucket_events import BUCKET, PG, ROOT, S3_URL, _airflow, _aws, _forget_dag, _stack_env
 from tests.support import runbook
 from tests.support.mail import body_of, read_mail
 
@@ -45,6 +45,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "read-a-failure-email": ("client", "ingestion id"),
     "schema-drift": ("client",),
     "onboard-a-client": ("client",),
+    "offboard-a-client": ("client", "key id"),
     "rotate-a-clients-credentials": ("client", "old key id"),
     "restore-from-the-kept-json-files": ("client", "date", "you", "why"),
 }
@@ -174,6 +175,7 @@ def stack() -> None:
     from bench.bench_e2e import reset_client
     from clientflow.sample import ehrlogic
 
+    _forget_dag(DAG)  # a run of this test on the same checkout left its runs and backfills
     reset_client(CLIENT)
     ehrlogic.create(f"{PG}/postgres", SOURCE_DB, PATIENTS)
 
@@ -273,5 +275,34 @@ def test_every_runbook_command_on_the_stack(stack: None) -> None:
     assert "1 batch(es) replayed" in restored[1]
     assert "nothing lost, nothing duplicated" in restored[2]
     assert _production_counts() == kept
+
+    # The client leaves: its uploads stop, what arrived has finished, the DAG is paused and its
+    # mapping removed. Nothing of its data goes.
+    _runs_settled()
+
+    def listed(out: str) -> None:
+        values["key id"] = out.split()[0]
+
+    offboarding = _section("offboard-a-client", values, after={0: listed, 5: lambda _out: mapping.unlink()})
+    assert offboarding[0].split()[0] == new_key
+    assert f"retired upload key {new_key}" in offboarding[1]
+    assert str(DRIFTED) in offboarding[2] and not {"PENDING", "PROCESSING"} & set(offboarding[2].split())
+    assert CLIENT not in offboarding[3] + offboarding[4]  # no run of the DAG running or queued
+    assert CLIENT not in offboarding[6] and "ehrlogic" in offboarding[6]  # the other clients' notifications stay
+    assert offboarding[7].splitlines()[1].startswith(f"{CLIENT} ") and str(DRIFTED) in offboarding[7]
+    assert _aws("iam").list_access_keys(UserName=f"clientflow-upload-{CLIENT}")["AccessKeyMetadata"] == []
+    # Stale once its file was parsed without it for stale_dag_threshold (50 s), at the dag
+    # processor's next cleanup (every 60 s).
+    deadline = time.time() + 300
+    while True:
+        with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+            row = meta.execute("select is_paused, is_stale from dag where dag_id = %s", (DAG,)).fetchone()
+        if row == (True, True):
+            break
+        assert time.time() < deadline, f"{DAG} is not paused and stale after its mapping went: {row}"
+        time.sleep(5)
+    _runs_settled(timeout=1)  # and no run was left behind
+    assert _production_counts() == kept
+    assert _aws("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"client={CLIENT}/")["KeyCount"] > 0
 
     assert sorted(RAN) == sorted((s, c) for s, cs in runbook.commands().items() for c in cs)
