@@ -23,6 +23,8 @@
     clientflow restore CLIENT --by NAME --reason WHY [--since D]   rebuild production's rows of the
                                        client from the bucket's files: sync dummy production from
                                        production, then replay the promoted batches oldest first
+    clientflow offboard CLIENT [--dry-run] [--timeout S]   retire the client's upload keys, wait
+                                       until no batch or run of it is in flight, then pause its DAG
 """
 
 from __future__ import annotations
@@ -415,6 +417,55 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offboard(args: argparse.Namespace) -> int:
+    import os
+    from datetime import UTC, datetime
+
+    from clientflow.config import PipelineSettings
+    from clientflow.operations import offboard, oncall, upload_keys
+
+    mapping = _client_mapping(args.client, args.mappings_dir)
+    if mapping is None:
+        return 2
+    s3_settings = PipelineSettings.from_settings_file().s3
+    s3, iam, dag_id = s3_settings.client(), s3_settings.client("iam"), f"client_{args.client}"
+    password = _airflow_password()
+    if password is None:
+        return 2
+    try:
+        airflow = oncall.AirflowApi(args.airflow_url, oncall.login(
+            args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password))
+
+        def look() -> offboard.InFlight:
+            with _read_only() as conn:
+                return offboard.look(conn, s3, s3_settings.bucket, mapping, airflow, datetime.now(UTC).date())
+
+        if args.dry_run:
+            keys = upload_keys.list_keys(iam, args.client)
+            print(f"would retire upload key(s) of {upload_keys.user_name(args.client)}: "
+                  f"{', '.join(k.key_id for k in keys) or 'none left'}")
+            print(f"in flight now: {look().describe()}")
+            print(f"would then pause {dag_id} (paused now: {airflow.is_paused(dag_id)})")
+            return 0
+        for key_id in offboard.retire_all_keys(iam, args.client):
+            print(f"retired upload key {key_id} of {upload_keys.user_name(args.client)}", flush=True)
+        last = offboard.wait_and_pause(look, airflow, dag_id, args.client, timeout=args.timeout, poll=args.poll,
+                                       say=lambda line: print(line, flush=True))
+    except offboard.OffboardIncomplete as exc:
+        print(f"{exc}; the upload keys stay retired. Run `clientflow offboard {args.client}` again once "
+              "that has finished (`clientflow batches` and the DAG's grid show it)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # urllib's HTTP and connection errors
+        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
+              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
+        return 1
+    print(f"paused {dag_id}: no batch of {args.client} in flight, none waiting in the bucket, no run running or queued")
+    for line in last.for_a_person:
+        print(f"left for a person (not processed again by offboarding): batch {line}")
+    print(f"next: remove include/mappings/{args.client}.yaml and deploy, then run `clientflow bucket-events`")
+    return 0
+
+
 def _add_on_call_commands(commands: Any) -> None:
     """The on-call engineer's commands: status, batches, trace, reprocess, restore."""
     shown = commands.add_parser("status", help="per client: last promoted batch, batches by state, incidents")
@@ -443,6 +494,14 @@ def _add_on_call_commands(commands: Any) -> None:
     restored.add_argument("--timeout", type=float, default=3600, help="seconds to wait for each batch's run")
     restored.add_argument("--dry-run", action="store_true", help="print the batches it would replay, change nothing")
     restored.set_defaults(run=_restore)
+    leaving = commands.add_parser("offboard", help="retire a client's upload keys, let what arrived finish, pause its DAG")
+    leaving.add_argument("client")
+    leaving.add_argument("--mappings-dir", help="where the client's mapping is (default: the project's)")
+    leaving.add_argument("--airflow-url", default="http://127.0.0.1:8080", help="Airflow's API server")
+    leaving.add_argument("--timeout", type=float, default=3600, help="seconds to wait for what is in flight")
+    leaving.add_argument("--poll", type=float, default=5, help="seconds between looks")
+    leaving.add_argument("--dry-run", action="store_true", help="print what it would do and what is in flight, change nothing")
+    leaving.set_defaults(run=_offboard)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ from airflow.sdk import (
 
 from client_extractor.contract import RUN_ID
 from clientflow import airflow_edge as edge
-from clientflow.arrival.batches import sensor_check
+from clientflow.arrival.batches import SENSOR_TASK_ID, sensor_check
 from clientflow.arrival.events import EventSettings
 from clientflow.arrival.sensor import BatchKeySensor
 from clientflow.mapping import MAPPINGS_DIR, ClientMapping, MappingError, load_mapping, mapping_files
@@ -103,7 +103,7 @@ def schedule_of(mapping: ClientMapping, events: EventSettings | None) -> Any:
 
 def _wait_for_batch(mapping: ClientMapping, events: EventSettings | None) -> BatchKeySensor:
     return BatchKeySensor(
-        task_id="wait_for_batch",
+        task_id=SENSOR_TASK_ID,
         aws_conn_id=edge.IDS.s3,
         bucket_name=f"{{{{ conn.{edge.IDS.s3}.extra_dejson.bucket }}}}",
         bucket_key=SENSOR_KEY.format(client=mapping.client),

@@ -20,6 +20,8 @@ from clientflow.errors import BadInputError
 from clientflow.mapping import ClientMapping
 
 MAX_MANIFEST_BYTES = 1 << 20
+SENSOR_TASK_ID = "wait_for_batch"
+"""The client DAG's task that waits until a batch is complete (``sensor_check``)."""
 
 
 @dataclass(frozen=True)

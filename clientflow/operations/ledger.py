@@ -160,6 +160,14 @@ def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: st
     ]
 
 
+def batches_in(conn: psycopg.Connection[Any], client: str,
+               states: Sequence[str]) -> list[tuple[str, str, date, str]]:
+    """The client's batches in one of ``states``: (ingestion id, state, date, run id), oldest first."""
+    rows = conn.execute("select ingestion_id, state, batch_date, run_id from pipeline.batches where client_name = %s "
+                        "and state = any(%s) order by batch_date, created_at", (client, list(states))).fetchall()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
 def seen_runs(conn: psycopg.Connection[Any], client: str, since: date) -> set[tuple[date, str]]:
     """(date, run id) of every batch of ``client`` since ``since`` that the ledger holds, in any
     state: the sweep leaves these alone (a FAILED one waits for a person, not for a retry loop)."""

@@ -111,8 +111,9 @@ def batch_to_reprocess(conn: psycopg.Connection[Any], client: str, day: date, ru
     return {"batch_date": day.isoformat(), "run_id": run}
 
 
-def _call(api_url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
-    request = urllib.request.Request(api_url.rstrip("/") + path, method="POST" if body is not None else "GET",
+def _call(api_url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None,
+          method: str | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(api_url.rstrip("/") + path, method=method or ("POST" if body is not None else "GET"),
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
@@ -144,5 +145,39 @@ def wait_for_run(api_url: str, token: str, dag_id: str, run_id: str, timeout: fl
         time.sleep(poll)
 
 
-__all__ = ["NotReprocessable", "batch_to_reprocess", "render_batches", "render_status", "render_trace",
+class AirflowApi:
+    """What ``clientflow offboard`` asks of Airflow's REST API for one DAG: its runs that are not
+    over, their tasks' states; it marks a task's state (with a note the UI shows) and (un)pauses."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        self.api_url, self.token = api_url, token
+
+    def _dag(self, dag_id: str, path: str = "") -> str:
+        return f"/api/v2/dags/{urllib.parse.quote(dag_id)}{path}"
+
+    def active_runs(self, dag_id: str) -> list[tuple[str, str]]:
+        """(run id, state) of every run of the DAG that is running or queued."""
+        found = _call(self.api_url, self._dag(dag_id, "/dagRuns?state=running&state=queued&limit=100"),
+                      token=self.token)
+        return [(str(r["dag_run_id"]), str(r["state"])) for r in found.get("dag_runs", [])]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        found = _call(self.api_url, self._dag(dag_id, f"/dagRuns/{urllib.parse.quote(run_id)}/taskInstances?limit=100"),
+                      token=self.token)
+        return {str(t["task_id"]): t.get("state") for t in found.get("task_instances", [])}
+
+    def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str, note: str) -> None:
+        _call(self.api_url, self._dag(dag_id, f"/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/"
+                                              f"{urllib.parse.quote(task_id)}"),
+              {"new_state": state, "note": note}, self.token, method="PATCH")
+
+    def is_paused(self, dag_id: str) -> bool:
+        return bool(_call(self.api_url, self._dag(dag_id), token=self.token)["is_paused"])
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        _call(self.api_url, self._dag(dag_id, "?update_mask=is_paused"), {"is_paused": paused}, self.token,
+              method="PATCH")
+
+
+__all__ = ["AirflowApi", "NotReprocessable", "batch_to_reprocess", "render_batches", "render_status", "render_trace",
            "login", "resolve_job", "trigger", "wait_for_run"]

@@ -67,8 +67,8 @@ def stack() -> None:
     ehrlogic.create(f"{PG}/postgres", SOURCE_DB, 30)
 
 
-def _quiesce(*dag_ids: str, timeout: float = 300) -> None:
-    """Pause the DAGs and wait until no task of theirs runs. Airflow's metadata database outlives a
+def _quiesce(*dag_ids: str, timeout: float = 300) -> set[str]:
+    """Pause the DAGs and wait until no task of theirs runs; the ones the metadata database knows. Airflow's metadata database outlives a
     stack of the same checkout, and with it a DAG an earlier suite left unpaused (test-scale's):
     the new stack's scheduler starts its runs at once, and a test that resets the client, or
     deletes the DAG's runs (which Airflow refuses while a task runs), would race them."""
@@ -82,7 +82,7 @@ def _quiesce(*dag_ids: str, timeout: float = 300) -> None:
             running = meta.execute("select dag_id, task_id from task_instance where dag_id = any(%s) and state in "
                                    "('running', 'queued', 'restarting')", (list(dag_ids),)).fetchall()
         if not running:
-            return
+            return known
         assert time.time() < deadline, f"tasks still running {timeout} s after their DAGs were paused: {running}"
         time.sleep(3)
 
@@ -92,10 +92,7 @@ def _forget_dag(dag_id: str) -> None:
     itself, which comes back paused at its next parse): that database outlives a stack of the same
     checkout, and an earlier run's records would stand in for this one's (a backfill skips the
     dates that already have a run)."""
-    _quiesce(dag_id)
-    with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
-        known = meta.execute("select 1 from dag where dag_id = %s", (dag_id,)).fetchone() is not None
-    if known:
+    if _quiesce(dag_id):
         _airflow("dags", "delete", dag_id, "--yes")
 
 

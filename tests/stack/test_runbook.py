@@ -45,7 +45,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "read-a-failure-email": ("client", "ingestion id"),
     "schema-drift": ("client",),
     "onboard-a-client": ("client",),
-    "offboard-a-client": ("client", "key id"),
+    "offboard-a-client": ("client",),
     "rotate-a-clients-credentials": ("client", "old key id"),
     "restore-from-the-kept-json-files": ("client", "date", "you", "why"),
 }
@@ -277,19 +277,32 @@ def test_every_runbook_command_on_the_stack(stack: None) -> None:
     assert _production_counts() == kept
 
     # The client leaves: its uploads stop, what arrived has finished, the DAG is paused and its
-    # mapping removed. Nothing of its data goes.
+    # mapping removed. Nothing of its data goes. A run started for a date without files waits in
+    # its sensor (two minutes on this stack): offboarding ends it rather than waiting.
     _runs_settled()
+    _airflow("dags", "trigger", DAG, "--run-id", "manual__offboard_drill", "--conf",
+             f'{{"batch_date": "{EMPTY.isoformat()}"}}')
 
-    def listed(out: str) -> None:
-        values["key id"] = out.split()[0]
+    def still_held(_out: str) -> None:
+        assert [k["AccessKeyId"] for k in _aws("iam").list_access_keys(
+            UserName=f"clientflow-upload-{CLIENT}")["AccessKeyMetadata"]] == [new_key]
 
-    offboarding = _section("offboard-a-client", values, after={0: listed, 5: lambda _out: mapping.unlink()})
-    assert offboarding[0].split()[0] == new_key
+    began = time.time()
+    offboarding = _section("offboard-a-client", values, after={0: still_held, 1: lambda _out: mapping.unlink()})
+    assert f"would retire upload key(s) of clientflow-upload-{CLIENT}: {new_key}" in offboarding[0]
     assert f"retired upload key {new_key}" in offboarding[1]
-    assert str(DRIFTED) in offboarding[2] and not {"PENDING", "PROCESSING"} & set(offboarding[2].split())
-    assert CLIENT not in offboarding[3] + offboarding[4]  # no run of the DAG running or queued
-    assert CLIENT not in offboarding[6] and "ehrlogic" in offboarding[6]  # the other clients' notifications stay
-    assert offboarding[7].splitlines()[1].startswith(f"{CLIENT} ") and str(DRIFTED) in offboarding[7]
+    assert "ended run manual__offboard_drill" in offboarding[1]
+    assert f"paused {DAG}: no batch of {CLIENT} in flight" in offboarding[1]
+    assert time.time() - began < 110, "offboarding waited out the sensor's own timeout instead of ending the run"
+    with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
+        drill = meta.execute(
+            "select r.state, t.state, n.content from dag_run r join task_instance t on t.dag_id = r.dag_id and "
+            "t.run_id = r.run_id and t.task_id = 'wait_for_batch' left join task_instance_note n on n.ti_id = t.id "
+            "where r.dag_id = %s and r.run_id = 'manual__offboard_drill'", (DAG,)).fetchone()
+    assert drill is not None and drill[:2] == ("success", "skipped") and "offboard" in (drill[2] or ""), drill
+    assert _state(EMPTY) is None  # no batch came of it
+    assert CLIENT not in offboarding[2] and "ehrlogic" in offboarding[2]  # the other clients' notifications stay
+    assert offboarding[3].splitlines()[1].startswith(f"{CLIENT} ") and str(DRIFTED) in offboarding[3]
     assert _aws("iam").list_access_keys(UserName=f"clientflow-upload-{CLIENT}")["AccessKeyMetadata"] == []
     # Stale once its file was parsed without it for stale_dag_threshold (50 s), at the dag
     # processor's next cleanup (every 60 s).
