@@ -426,6 +426,8 @@ def _offboard(args: argparse.Namespace) -> int:
 
     mapping = _client_mapping(args.client, args.mappings_dir)
     if mapping is None:
+        print("offboarding needs the client's mapping (its tables and sweep window, and its DAG, whose runs must "
+              "finish): put the file back, offboard, then remove it", file=sys.stderr)
         return 2
     s3_settings = PipelineSettings.from_settings_file().s3
     s3, iam, dag_id = s3_settings.client(), s3_settings.client("iam"), f"client_{args.client}"

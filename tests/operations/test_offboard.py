@@ -148,3 +148,11 @@ def test_time_out_names_what_is_in_flight_and_leaves_the_dag_running() -> None:
     # It was paused with a batch in flight: a paused DAG's runs never finish, so it was unpaused.
     assert airflow.calls == ["unpause"] and not airflow.paused
     assert said[0].startswith("client_x was paused with batch b1")
+
+
+def test_the_command_refuses_a_client_whose_mapping_is_gone(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from clientflow import cli
+
+    assert cli.main(["offboard", "gone_client", "--mappings-dir", str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert "no mapping of client gone_client" in said and "put the file back, offboard, then remove it" in said
