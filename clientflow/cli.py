@@ -331,8 +331,22 @@ def _airflow_password() -> str | None:
     return password
 
 
-def _reprocess(args: argparse.Namespace) -> int:
+def _airflow_login(api_url: str, password: str) -> str:
+    """A token of Airflow's REST API for CLIENTFLOW_AIRFLOW_USER (default admin)."""
     import os
+
+    from clientflow.operations import oncall
+
+    return oncall.login(api_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
+
+
+def _airflow_unreachable(api_url: str, exc: OSError) -> int:
+    print(f"Airflow at {api_url} refused or could not be reached: {type(exc).__name__} "
+          f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
+    return 1
+
+
+def _reprocess(args: argparse.Namespace) -> int:
     from datetime import date
 
     from clientflow.operations import oncall
@@ -352,18 +366,15 @@ def _reprocess(args: argparse.Namespace) -> int:
     if password is None:
         return 2
     try:
-        token = oncall.login(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
+        token = _airflow_login(args.airflow_url, password)
         run_id = oncall.trigger(args.airflow_url, token, dag_id, conf)
     except OSError as exc:  # urllib's HTTP and connection errors
-        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
-              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
-        return 1
+        return _airflow_unreachable(args.airflow_url, exc)
     print(f"triggered {dag_id} run {run_id} for batch {conf['batch_date']} run {conf['run_id']}")
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
-    import os
     from datetime import date
 
     from clientflow.config import PipelineSettings
@@ -394,7 +405,7 @@ def _restore(args: argparse.Namespace) -> int:
     print(f"dummy production of {args.client} synced from production: "
           + ", ".join(f"{name} {count}" for name, count in copied.items()))
     try:
-        token = oncall.login(args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password)
+        token = _airflow_login(args.airflow_url, password)
 
         def run(replay: restore.Replay) -> str:
             run_id = oncall.trigger(args.airflow_url, token, dag_id, replay.conf(), kind="restore")
@@ -403,9 +414,7 @@ def _restore(args: argparse.Namespace) -> int:
 
         done = restore.replay_all(replays, run)
     except OSError as exc:  # urllib's HTTP and connection errors
-        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
-              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
-        return 1
+        return _airflow_unreachable(args.airflow_url, exc)
     for replay, state in done:
         print(f"  {replay.day} run {replay.run_id}: {state}")
     if len(done) < len(replays) or done[-1][1] != "success":
@@ -418,7 +427,6 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _offboard(args: argparse.Namespace) -> int:
-    import os
     from datetime import UTC, datetime
 
     from clientflow.config import PipelineSettings
@@ -435,8 +443,7 @@ def _offboard(args: argparse.Namespace) -> int:
     if password is None:
         return 2
     try:
-        airflow = oncall.AirflowApi(args.airflow_url, oncall.login(
-            args.airflow_url, os.environ.get("CLIENTFLOW_AIRFLOW_USER", "admin"), password))
+        airflow = oncall.AirflowApi(args.airflow_url, _airflow_login(args.airflow_url, password))
 
         def look() -> offboard.InFlight:
             with _read_only() as conn:
@@ -458,9 +465,7 @@ def _offboard(args: argparse.Namespace) -> int:
               "that has finished (`clientflow batches` and the DAG's grid show it)", file=sys.stderr)
         return 1
     except OSError as exc:  # urllib's HTTP and connection errors
-        print(f"Airflow at {args.airflow_url} refused or could not be reached: {type(exc).__name__} "
-              f"{getattr(exc, 'code', '')}".rstrip(), file=sys.stderr)
-        return 1
+        return _airflow_unreachable(args.airflow_url, exc)
     print(f"paused {dag_id}: no batch of {args.client} in flight, none waiting in the bucket, no run running or queued")
     for line in last.for_a_person:
         print(f"left for a person (not processed again by offboarding): batch {line}")

@@ -24,7 +24,7 @@ without the client stay the operator's steps, printed at the end.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Protocol
@@ -59,7 +59,8 @@ class InFlight:
 
     batches: tuple[str, ...] = ()
     unrecorded: tuple[str, ...] = ()
-    runs: tuple[str, ...] = ()
+    runs: tuple[tuple[str, str], ...] = ()
+    """(run id, state) of the DAG's runs running or queued."""
     for_a_person: tuple[str, ...] = ()
     """FAILED and REOFFERED batches: named at the end, never waited for."""
 
@@ -69,7 +70,7 @@ class InFlight:
     def describe(self) -> str:
         parts = [f"batch {b}" for b in self.batches]
         parts += [f"complete in the bucket, not yet in the ledger: {u}" for u in self.unrecorded]
-        parts += [f"run {r}" for r in self.runs]
+        parts += [f"run {r} ({s})" for r, s in self.runs]
         return "; ".join(parts) or "nothing"
 
 
@@ -87,8 +88,8 @@ def look(conn: Any, s3: Any, bucket: str, mapping: ClientMapping, airflow: Airfl
     def shown(states: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f"{i} {s} ({d} run {r})" for i, s, d, r in ledger.batches_in(conn, mapping.client, states))
 
-    runs = tuple(f"{r} ({s})" for r, s in airflow.active_runs(f"client_{mapping.client}"))
-    return InFlight(shown(IN_FLIGHT), unrecorded_batches(s3, bucket, conn, mapping, today), runs, shown(FOR_A_PERSON))
+    return InFlight(shown(IN_FLIGHT), unrecorded_batches(s3, bucket, conn, mapping, today),
+                    tuple(airflow.active_runs(f"client_{mapping.client}")), shown(FOR_A_PERSON))
 
 
 def unrecorded_batches(s3: Any, bucket: str, conn: Any, mapping: ClientMapping, today: date) -> tuple[str, ...]:
@@ -99,11 +100,11 @@ def unrecorded_batches(s3: Any, bucket: str, conn: Any, mapping: ClientMapping, 
                  if (day, run) not in seen)
 
 
-def end_waiting_runs(airflow: Airflow, dag_id: str, client: str) -> list[str]:
-    """End the runs that only wait in their sensor for a batch: the sensor is marked skipped, as its
-    timeout would (``soft_fail``). Called only when no batch is in flight or in the bucket."""
+def end_waiting_runs(airflow: Airflow, dag_id: str, client: str, runs: Iterable[tuple[str, str]]) -> list[str]:
+    """End those of ``runs`` that only wait in their sensor for a batch: the sensor is marked skipped,
+    as its timeout would (``soft_fail``). Called only when no batch is in flight or in the bucket."""
     ended = []
-    for run_id, _state in airflow.active_runs(dag_id):
+    for run_id, _state in runs:
         if airflow.task_states(dag_id, run_id).get(SENSOR_TASK_ID) in WAITING_SENSOR:
             airflow.mark_task(dag_id, run_id, SENSOR_TASK_ID, "skipped",
                               f"clientflow offboard {client}: its upload keys are retired, no batch can arrive")
@@ -124,7 +125,7 @@ def wait_and_pause(look: Callable[[], InFlight], airflow: Airflow, dag_id: str, 
     while True:
         now = look()
         if not now.batches and not now.unrecorded and now.runs:
-            for run_id in end_waiting_runs(airflow, dag_id, client):
+            for run_id in end_waiting_runs(airflow, dag_id, client, now.runs):
                 say(f"ended run {run_id}: its sensor waited for a batch that no key can upload now "
                     f"({SENSOR_TASK_ID} marked skipped)")
         if not now:
@@ -133,7 +134,7 @@ def wait_and_pause(look: Callable[[], InFlight], airflow: Airflow, dag_id: str, 
             if not late:
                 return now
             airflow.set_paused(dag_id, False)  # a paused DAG's runs do not advance: let them finish
-            now = InFlight(runs=tuple(f"{r} ({s})" for r, s in late))
+            now = InFlight(runs=tuple(late))
             say(f"run(s) {', '.join(r for r, _s in late)} started as {dag_id} was paused; "
                 "unpaused until they finish")
         if now.describe() != shown:

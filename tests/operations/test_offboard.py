@@ -33,7 +33,7 @@ class ScriptedAirflow:
         return [(r, "running") for r in self.runs]
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        return {"plan": "success", SENSOR_TASK_ID: self.runs[run_id]}
+        return {"plan": "success", SENSOR_TASK_ID: self.runs.get(run_id, "success")}  # a run listed, then over
 
     def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str, note: str) -> None:
         self.calls.append(f"mark {run_id} {task_id} {state}")
@@ -84,7 +84,7 @@ def test_look_names_batches_in_flight_unrecorded_and_left_for_a_person(settings:
     assert seen.batches == (f"{ingestion_id(mapping.client, running_day, data[running_day])} PROCESSING "
                             f"({running_day} run r1)",)
     assert seen.unrecorded == (f"{waiting_day} run r1",)
-    assert seen.runs == ("manual__1 (running)",)
+    assert seen.runs == (("manual__1", "running"),)
     assert seen.for_a_person == (f"{ingestion_id(mapping.client, failed_day, data[failed_day])} FAILED "
                                  f"({failed_day} run r1)",)
     assert "complete in the bucket, not yet in the ledger" in seen.describe()
@@ -98,7 +98,7 @@ def _looks(airflow: ScriptedAirflow, *batches: tuple[str, ...]) -> Any:
     queue = list(batches)
 
     def look() -> offboard.InFlight:
-        runs = tuple(f"{r} (running)" for r in airflow.runs)
+        runs = tuple((r, "running") for r in airflow.runs)
         for run_id in [r for r, sensor in airflow.runs.items() if sensor == "success"]:
             del airflow.runs[run_id]
         return offboard.InFlight(batches=queue.pop(0) if queue else (), runs=runs)
@@ -129,7 +129,7 @@ def test_a_late_run_that_does_not_finish_times_out_unpaused() -> None:
 
 def test_a_run_still_planning_is_not_ended() -> None:
     airflow = ScriptedAirflow(runs={"manual__1": None})
-    planning = offboard.InFlight(runs=("manual__1 (running)",))
+    planning = offboard.InFlight(runs=(("manual__1", "running"),))
 
     def look() -> offboard.InFlight:
         return planning if airflow.runs else offboard.InFlight()
@@ -156,3 +156,23 @@ def test_the_command_refuses_a_client_whose_mapping_is_gone(tmp_path: Any, capsy
     assert cli.main(["offboard", "gone_client", "--mappings-dir", str(tmp_path)]) == 2
     said = capsys.readouterr().err
     assert "no mapping of client gone_client" in said and "put the file back, offboard, then remove it" in said
+
+
+def test_an_unreachable_airflow_retires_no_key(settings: Any, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from clientflow import cli
+
+    iam = settings.s3.client("iam")
+    key_id = upload_keys.create_key(iam, "ehrlogic", settings.s3.bucket)[0]
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("CLIENTFLOW_AIRFLOW_PASSWORD", "not-a-real-one")
+    try:
+        assert cli.main(["offboard", "ehrlogic", "--airflow-url", f"http://127.0.0.1:{closed}"]) == 1
+        assert f"Airflow at http://127.0.0.1:{closed} refused or could not be reached" in capsys.readouterr().err
+        assert key_id in {k.key_id for k in upload_keys.list_keys(iam, "ehrlogic")}  # logged in first, retired nothing
+    finally:
+        upload_keys.retire_key(iam, "ehrlogic", key_id, offboard=True)
