@@ -68,10 +68,11 @@ def stack() -> None:
 
 
 def _quiesce(*dag_ids: str, timeout: float = 300) -> set[str]:
-    """Pause the DAGs and wait until no task of theirs runs; the ones the metadata database knows. Airflow's metadata database outlives a
-    stack of the same checkout, and with it a DAG an earlier suite left unpaused (test-scale's):
-    the new stack's scheduler starts its runs at once, and a test that resets the client, or
-    deletes the DAG's runs (which Airflow refuses while a task runs), would race them."""
+    """Pause the DAGs and wait until no task of theirs runs; returns the ones the metadata database
+    knows. That database outlives a stack of the same checkout, and with it a DAG an earlier suite
+    left unpaused (test-scale's): the new stack's scheduler starts its runs at once, and a test that
+    resets the client, or deletes the DAG's runs (which Airflow refuses while a task runs), would
+    race them."""
     with psycopg.connect(f"{PG}/clientflow_airflow") as meta:
         known = {row[0] for row in meta.execute("select dag_id from dag where dag_id = any(%s)", (list(dag_ids),))}
     for dag_id in sorted(known):  # a DAG the metadata database does not know yet has run nothing
