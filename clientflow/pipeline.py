@@ -99,7 +99,7 @@ def next_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batc
     Every run asks, so a batch whose bucket event was lost, or that arrived while another run
     held the client, still gets its own run (the caller starts it; runs of a client queue).
     """
-    since = date.fromordinal(today.toordinal() - mapping.sweep_days)
+    since = mapping.sweep_since(today)
     where = Where(client=mapping.client)
     with named(where, "listing the bucket for the sweep"):
         complete = complete_batches(settings.s3.client(), settings.s3.bucket, mapping, since)

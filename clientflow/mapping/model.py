@@ -309,6 +309,11 @@ class ClientMapping(BaseModel):
     def entity_for_table(self, table: str) -> str:
         return self.tables[table].entity
 
+    def sweep_since(self, today: date) -> date:
+        """The first batch date of the sweep's window: what the sweep, the watchdog and offboarding
+        look for in the bucket."""
+        return today - timedelta(days=self.sweep_days)
+
     def full_snapshot(self, entity: str) -> bool:
         """Whether a batch holds every row of the entity (every table feeding it is a full snapshot)."""
         return all(self.tables[t].mode == "full_snapshot" for t in self.entities[entity])

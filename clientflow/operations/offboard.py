@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, Protocol
 
 from clientflow.arrival.batches import SENSOR_TASK_ID, complete_batches
@@ -94,7 +94,7 @@ def look(conn: Any, s3: Any, bucket: str, mapping: ClientMapping, airflow: Airfl
 
 def unrecorded_batches(s3: Any, bucket: str, conn: Any, mapping: ClientMapping, today: date) -> tuple[str, ...]:
     """Complete batches of the sweep's window in the bucket that the ledger has not seen."""
-    since = today - timedelta(days=mapping.sweep_days)
+    since = mapping.sweep_since(today)
     seen = ledger.seen_runs(conn, mapping.client, since)
     return tuple(f"{day} run {run}" for day, run in complete_batches(s3, bucket, mapping, since)
                  if (day, run) not in seen)

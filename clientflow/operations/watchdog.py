@@ -71,7 +71,7 @@ class Findings:
 def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> Findings:
     where, policy = Where(client=mapping.client), mapping.alerts
     present: dict[str, str] = {}
-    since = (now - timedelta(days=mapping.sweep_days)).date()
+    since = mapping.sweep_since(now.date())
     with named(where, "listing the bucket for the watchdog"):
         s3 = settings.s3.client()
         waiting = waiting_since(s3, settings.s3.bucket, mapping, since)
