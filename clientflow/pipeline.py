@@ -81,7 +81,8 @@ def seen_of(settings: PipelineSettings, client: str, announced: Sequence[Announc
     if not announced:
         return set()
     with connect(settings.staging, Where(client=client), "reading the ledger for the announced batches") as conn:
-        return ledger.seen_runs(conn, client, min(a.day for a in announced)) & {(a.day, a.run_id) for a in announced}
+        runs = [(a.day, a.run_id) for a in announced]
+        return set(runs) - set(ledger.unseen(conn, client, runs))
 
 
 SWEEP_RUN_PREFIX = "sweep__"
@@ -104,9 +105,9 @@ def next_batch(settings: PipelineSettings, mapping: ClientMapping, planned: Batc
     with named(where, "listing the bucket for the sweep"):
         complete = complete_batches(settings.s3.client(), settings.s3.bucket, mapping, since)
     with connect(settings.staging, where, "reading the ledger for the sweep") as conn:
-        seen = ledger.seen_runs(conn, mapping.client, since)
-    for day, run_id in complete:
-        if (day, run_id) in seen or (planned is not None and planned.day == day and planned.run_id in (None, run_id)):
+        unseen = ledger.unseen(conn, mapping.client, complete)
+    for day, run_id in unseen:
+        if planned is not None and planned.day == day and planned.run_id in (None, run_id):
             continue
         log.info("[%s] the sweep found batch %s run %s in the bucket, unseen by the ledger", where.describe(), day,
                  run_id)

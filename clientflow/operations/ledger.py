@@ -9,7 +9,7 @@ and the S3 files it concerned, so a batch is traceable from its ingestion id to 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -168,12 +168,21 @@ def batches_in(conn: psycopg.Connection[Any], client: str,
     return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
-def seen_runs(conn: psycopg.Connection[Any], client: str, since: date) -> set[tuple[date, str]]:
-    """(date, run id) of every batch of ``client`` since ``since`` that the ledger holds, in any
-    state: the sweep leaves these alone (a FAILED one waits for a person, not for a retry loop)."""
-    rows = conn.execute("select batch_date, run_id from pipeline.batches where client_name = %s and batch_date >= %s",
-                        (client, since)).fetchall()
-    return {(row[0], row[1]) for row in rows}
+def unseen(conn: psycopg.Connection[Any], client: str,
+           runs: Iterable[tuple[date, str]]) -> list[tuple[date, str]]:
+    """Those of ``runs`` ((date, run id) of ``client``'s batches, in the caller's order) that the
+    ledger does not hold in any state: the batches nobody has taken up yet. The sweep, the watchdog
+    and offboarding look for these; a FAILED batch is seen (it waits for a person, not for a retry
+    loop)."""
+    runs = list(runs)
+    if not runs:
+        return []
+    rows = conn.execute(
+        "select batch_date, run_id from pipeline.batches where client_name = %s "
+        "and (batch_date, run_id) in (select * from unnest(%s::date[], %s::text[]))",
+        (client, [day for day, _ in runs], [run for _, run in runs])).fetchall()
+    seen = {(row[0], row[1]) for row in rows}
+    return [run for run in runs if run not in seen]
 
 
 def prunable(conn: psycopg.Connection[Any], client: str, keep: int) -> list[str]:

@@ -94,10 +94,8 @@ def look(conn: Any, s3: Any, bucket: str, mapping: ClientMapping, airflow: Airfl
 
 def unrecorded_batches(s3: Any, bucket: str, conn: Any, mapping: ClientMapping, today: date) -> tuple[str, ...]:
     """Complete batches of the sweep's window in the bucket that the ledger has not seen."""
-    since = mapping.sweep_since(today)
-    seen = ledger.seen_runs(conn, mapping.client, since)
-    return tuple(f"{day} run {run}" for day, run in complete_batches(s3, bucket, mapping, since)
-                 if (day, run) not in seen)
+    complete = complete_batches(s3, bucket, mapping, mapping.sweep_since(today))
+    return tuple(f"{day} run {run}" for day, run in ledger.unseen(conn, mapping.client, complete))
 
 
 def end_waiting_runs(airflow: Airflow, dag_id: str, client: str, runs: Iterable[tuple[str, str]]) -> list[str]:

@@ -78,7 +78,7 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
         partial = {run: missing for run, (at, missing) in incomplete_since(s3, settings.s3.bucket, mapping, since).items()
                    if now - at > policy.incomplete_after}
     with connect(settings.staging, where, "reading the ledger for the watchdog") as conn:
-        seen = ledger.seen_runs(conn, mapping.client, since)
+        unseen = ledger.unseen(conn, mapping.client, waiting)
         newest = conn.execute("select max(updated_at) from pipeline.batches where client_name = %s and state = 'SUCCESS'",
                               (mapping.client,)).fetchone()
         failed = conn.execute(
@@ -92,8 +92,7 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
             present["stale"] = (f"newest promoted batch {_age(now - last)} ago" if last else
                                 f"no batch promoted since the start date {mapping.start_date}") + \
                                f"; the limit is {_age(limit)}"
-    backlog = sorted((day, run) for (day, run), at in waiting.items()
-                     if (day, run) not in seen and now - at > policy.backlog_after)
+    backlog = sorted(run for run in unseen if now - waiting[run] > policy.backlog_after)
     if backlog:
         oldest_day, oldest_run = backlog[0]
         present["backlog"] = (f"{len(backlog)} complete batch(es) waiting in the bucket longer than "

@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from clientflow import pipeline
+from clientflow.arrival import read_manifests
 from clientflow.errors import DuplicateBatch, IntegrityError
-from clientflow.operations import locks
-from tests.support.practice import Practice, mapping_for, production_rows, run_batch, tables
+from clientflow.operations import ledger, locks
+from tests.support.practice import Practice, ingestion_id, mapping_for, production_rows, run_batch, tables
 
 DAY = date(2026, 4, 2)
 
@@ -67,3 +68,22 @@ def test_failed_batch_is_retried_and_every_change_is_traced(settings: Any) -> No
     assert last[3] == [f.replace(run, "20260402T020000Z-again") for f in files]
     assert locks.known_promoted(settings.redis, batch.ingestion_id)
     assert not _lock_held(settings, mapping.client)
+
+
+def test_unseen_keeps_the_callers_order_and_counts_only_this_clients_batches(settings: Any) -> None:
+    """What the sweep, the watchdog and offboarding ask: the ledger holds a batch in any state (a
+    FAILED one is seen), and another client's batch of the same date and run id is not this one's."""
+    mapping, other = mapping_for("led_unseen"), mapping_for("led_unseen_other")
+    s3, bucket = settings.s3.client(), settings.s3.bucket
+    days = [date(2026, 5, d) for d in (3, 1, 2, 4)]
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        for who, day, state in ((mapping, days[1], "FAILED"), (mapping, days[3], "SUCCESS"), (other, days[0], "PENDING")):
+            data = tables(2, version=f"{who.client}{day}")
+            batch = Practice(settings, who.client).write(day, "r1", data)
+            ledger.record_batch(conn, ingestion_id(who.client, day, data), read_manifests(s3, bucket, batch),
+                                dag_id=f"client_{who.client}", airflow_run_id="manual__x")
+            ledger.set_state(conn, ingestion_id(who.client, day, data), state, detail="a cause")
+        conn.commit()
+        asked = [(days[0], "r1"), (days[1], "r1"), (days[2], "r1"), (days[1], "r2"), (days[3], "r1")]
+        assert ledger.unseen(conn, mapping.client, asked) == [(days[0], "r1"), (days[2], "r1"), (days[1], "r2")]
+        assert ledger.unseen(conn, mapping.client, iter([])) == []
