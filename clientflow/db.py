@@ -17,9 +17,11 @@ from psycopg import sql
 from clientflow.config import PostgresSettings
 from clientflow.errors import PermanentError, TransientError, Where
 
-# Connection problems, server shutdowns, resource limits, serialization failures: worth a retry.
-# Everything else is about the data or the schema.
-_TRANSIENT_CLASSES = ("08", "57", "53", "40")
+# Connection problems, serialization failures and deadlocks, out of resources (disk, memory,
+# connections), locks not available, server shutdowns, I/O errors: worth a retry. Everything else,
+# a program limit (54: a table past 1,600 columns) and a refused login (28) among them, is about the
+# data, the schema or the set-up, and no retry changes it.
+_TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58")
 
 
 def describe_db_error(exc: BaseException) -> str:
@@ -52,7 +54,11 @@ def set_tenant(conn: psycopg.Connection[Any], client: str, *, local: bool = True
 
 
 def is_transient(exc: psycopg.Error) -> bool:
-    return isinstance(exc, psycopg.OperationalError) or (exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
+    """By the error's SQLSTATE class; an error without one (the connection failed or was lost
+    before the server answered) is worth a retry."""
+    if exc.sqlstate:
+        return exc.sqlstate[:2] in _TRANSIENT_CLASSES
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def wrap_db_error(exc: psycopg.Error, where: Where, doing: str) -> PermanentError | TransientError:

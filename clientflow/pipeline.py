@@ -12,6 +12,7 @@ import logging
 import re
 import uuid
 from collections.abc import Collection, Sequence
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -23,7 +24,14 @@ from clientflow.arrival.events import Announced
 from clientflow.batch import Batch, ClientLock, LoadedFile
 from clientflow.config import PipelineSettings
 from clientflow.db import connect
-from clientflow.errors import BadInputError, DuplicateBatch, NothingToProcess, TransientError, Where
+from clientflow.errors import (
+    BadInputError,
+    DuplicateBatch,
+    NothingToProcess,
+    PipelineError,
+    TransientError,
+    Where,
+)
 from clientflow.faults import named
 from clientflow.identifiers import raw_schema
 from clientflow.integrity import registry
@@ -156,6 +164,7 @@ def ingest(
                              holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")
     batch = replace(batch, lock=lock)
     try:
+        settle_earlier(settings, batch.client, lock, airflow_run_id=airflow_run_id)
         _skip_if_taken(settings, batch, arrived, airflow_run_id)
         with connect(settings.staging, batch.where(), "recording the batch") as conn:
             locks.check(conn, lock)
@@ -226,9 +235,9 @@ def _load(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, arri
             with named(where, "loading raw"):
                 registry.register(conn, mapping, manifest, ingestion_id, where)
                 raw.discard_batch(conn, schema, manifest.table, ingestion_id)
-                body = s3.get_object(Bucket=settings.s3.bucket, Key=data_key)["Body"]
-                result = raw.load_table(conn, schema, manifest, body, ingestion_id=ingestion_id,
-                                        source_file=f"s3://{settings.s3.bucket}/{data_key}")
+                with closing(s3.get_object(Bucket=settings.s3.bucket, Key=data_key)["Body"]) as body:
+                    result = raw.load_table(conn, schema, manifest, body, ingestion_id=ingestion_id,
+                                            source_file=f"s3://{settings.s3.bucket}/{data_key}")
                 raw.analyze(conn, schema, manifest.table)  # the staging models' plans need the statistics
             loaded.append(LoadedFile(manifest.table, manifest.job_id, data_key, result.rows,
                                      result.byte_size, result.sha256))
@@ -274,23 +283,35 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
     writing before this promotion has finished.
     """
     lock, ingestion_id = batch.require_lock(), batch.require_ingestion_id()
-    with connect(settings.staging, batch.where(), "promoting (staging)") as staging:
-        locks.check(staging, lock)
-        with connect(settings.production, batch.where(), "promoting (production)") as production:
-            counts, _promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id, batch.day,
-                                                    mapping.entities)
-            production.commit()
-        summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
-                              "unchanged": c.unchanged} for c in counts}
-        ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
-        ledger.record_promoted(staging, ingestion_id, summary)
-        raw.delete_batches(staging, raw_schema(mapping.client), mapping.source_tables,
-                           ledger.prunable(staging, mapping.client, mapping.raw_retention_batches))
+    committed = False
+    try:
+        with connect(settings.staging, batch.where(), "promoting (staging)") as staging:
+            locks.check(staging, lock)
+            with connect(settings.production, batch.where(), "promoting (production)") as production:
+                counts, _promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id,
+                                                        batch.day, mapping.entities, fence_token=lock.token)
+                production.commit()
+                committed = True
+            summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
+                                  "unchanged": c.unchanged} for c in counts}
+            ledger.set_state(staging, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id, detail=str(summary))
+            ledger.record_promoted(staging, ingestion_id, summary)
+            promotion.forget_undo(staging, mapping.client, ingestion_id)
+            raw.delete_batches(staging, raw_schema(mapping.client), mapping.source_tables,
+                               ledger.prunable(staging, mapping.client, mapping.raw_retention_batches))
+    except PipelineError as err:
+        if committed:  # what was kept is not "nothing": production holds the batch
+            raise replace(err, kept=PROMOTED_BEFORE_THE_LEDGER) from None
+        raise
     with named(batch.where(), "releasing the client lock"):
         locks.remember_promoted(settings.redis, ingestion_id)
         locks.release(settings.redis, lock)
     log.info("[%s] promoted: %s", batch.where().describe(), summary)
     return summary
+
+
+PROMOTED_BEFORE_THE_LEDGER = ("production holds the batch: its promotion committed before the ledger could record "
+                              "it; the failure callback, a retry or the client's next run records it SUCCESS")
 
 
 def undo_partial_transform(settings: PipelineSettings, batch: Batch) -> dict[str, int]:
@@ -310,9 +331,11 @@ def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
 
     A run whose lock was taken over changes nothing: the newer run owns the batch (and dummy
     production) now. A batch whose promotion had committed before the failure (production's
-    ``promotions`` holds it) is recorded SUCCESS instead, and not undone. Before ``ingest`` named
+    ``promotions`` holds it under this run's token) is recorded SUCCESS instead, and not undone. If
+    production cannot be asked, the batch is recorded FAILED and left merged in dummy production:
+    the client's next run settles it (:func:`settle_earlier`). Before ``ingest`` named
     the batch, the client's unfinished batches of the same date and extractor run are the ones
-    that failed.
+    that failed, if this run took them up (another run may be processing the same batch).
     """
     if batch is None:
         return
@@ -320,26 +343,63 @@ def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
     with connect(settings.staging, batch.where(), "recording FAILED") as conn:
         if batch.ingestion_id:
             owned = lock is not None and _still_holds(conn, lock)
-            if owned and _was_promoted(settings, batch):
+            promoted = _was_promoted(settings, batch, lock.token) if owned and lock is not None else False
+            if promoted:
                 ledger.set_state(conn, batch.ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id,
                                  detail=f"production had committed the promotion before: {error}")
+                promotion.forget_undo(conn, batch.client, batch.ingestion_id)
                 failed = []
             else:
-                if owned:
-                    restored = promotion.undo_batch(conn, batch.client, batch.ingestion_id)
-                    log.info("[%s] dummy production restored: %s", batch.where().describe(), restored)
-                    if lock is not None:  # (owned implies it)
-                        locks.retire(conn, lock)
+                if owned and lock is not None:
+                    if promoted is None:
+                        error += ("; production could not be asked whether the promotion committed, so dummy "
+                                  "production keeps the batch until the client's next run settles it")
+                    else:
+                        restored = promotion.undo_batch(conn, batch.client, batch.ingestion_id)
+                        log.info("[%s] dummy production restored: %s", batch.where().describe(), restored)
+                    locks.retire(conn, lock)
                 state = ledger.state_of(conn, batch.ingestion_id)
                 failed = [batch.ingestion_id] if state not in (None, *ledger.DONE) else []
         else:
-            failed = ledger.unfinished(conn, batch.client, batch.day, batch.run_id) if batch.run_id else []
+            failed = (ledger.unfinished(conn, batch.client, batch.day, batch.run_id, airflow_run_id)
+                      if batch.run_id else [])
         for ingestion_id in failed:
             ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id, detail=error,
                              fence_token=lock.token if lock else None)
     if lock is not None:
         with named(batch.where(), "releasing the client lock"):
             locks.release(settings.redis, lock)
+
+
+def settle_earlier(settings: PipelineSettings, client: str, lock: ClientLock, *,
+                   airflow_run_id: str | None = None) -> None:
+    """Before a run merges its batch: a batch an earlier run merged into dummy production and left
+    there without an outcome (its worker died, its lock was taken over, its failure callback could
+    not reach production; its undo rows say so) is settled as production has it. Production holds
+    its promotion under that run's token: it is recorded SUCCESS (if the ledger lagged behind) and
+    its undo rows go. It does not: dummy production is put back, and a batch still PENDING or
+    PROCESSING is recorded FAILED. Production unreachable: this run stops (retried), nothing changed.
+    """
+    where = Where(client=client)
+    with connect(settings.staging, where, "settling the client's earlier batch in dummy production") as conn:
+        locks.check(conn, lock)
+        for ingestion_id in promotion.unsettled(conn, client):
+            state, token = ledger.holder_of(conn, ingestion_id) or (None, None)
+            if state == "SUCCESS" or (token is not None and _promoted_under(settings, client, ingestion_id, token)):
+                promotion.forget_undo(conn, client, ingestion_id)
+                if state != "SUCCESS":
+                    ledger.set_state(conn, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id,
+                                     detail="production had committed its promotion; recorded by the client's next run")
+                log.warning("[%s] batch %s: production holds its promotion; the ledger records it (was %s)",
+                            where.describe(), ingestion_id, state)
+                continue
+            restored = promotion.undo_batch(conn, client, ingestion_id)
+            if state in ("PENDING", "PROCESSING"):
+                ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id,
+                                 detail="its run ended without recording an outcome; the client's next run put "
+                                        "dummy production back as production has it")
+            log.warning("[%s] batch %s (%s) was merged into dummy production but never promoted; dummy production "
+                        "restored: %s", where.describe(), ingestion_id, state, restored)
 
 
 def _still_holds(conn: Any, lock: ClientLock) -> bool:
@@ -352,6 +412,16 @@ def _still_holds(conn: Any, lock: ClientLock) -> bool:
     return True
 
 
-def _was_promoted(settings: PipelineSettings, batch: Batch) -> bool:
-    with connect(settings.production, batch.where(), "checking production's promotions") as production:
-        return promotion.was_promoted(production, batch.client, batch.require_ingestion_id())
+def _was_promoted(settings: PipelineSettings, batch: Batch, token: int) -> bool | None:
+    """Whether this run's promotion of the batch committed; None if production cannot be asked."""
+    try:
+        return _promoted_under(settings, batch.client, batch.require_ingestion_id(), token)
+    except TransientError as err:
+        log.warning("[%s] could not ask production whether the promotion committed: %s", batch.where().describe(),
+                    err)
+        return None
+
+
+def _promoted_under(settings: PipelineSettings, client: str, ingestion_id: str, token: int) -> bool:
+    with connect(settings.production, Where(client=client), "checking production's promotions") as production:
+        return promotion.was_promoted(production, client, ingestion_id, token)

@@ -171,3 +171,26 @@ def test_the_pipeline_s_connections_run_without_jit_with_ssd_costs_and_start_out
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("show jit").fetchone() == ("off",)
         assert conn.execute("show random_page_cost").fetchone() == ("1.1",)
+
+
+def test_database_errors_are_retried_by_their_class_not_by_their_python_type(admin_dsn: str) -> None:
+    """psycopg raises OperationalError for a lost connection and for a program limit alike; only the
+    first is worth a retry (a table past 1,600 columns stays past it), so the SQLSTATE decides."""
+    from clientflow.db import is_transient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(f"host=127.0.0.1 port={port} dbname=postgres connect_timeout=2")
+    with psycopg.connect(admin_dsn) as conn:
+        conn.execute("create temp table wide (" + ", ".join(f"c{i} int" for i in range(1600)) + ")")
+        with pytest.raises(psycopg.OperationalError) as too_wide:
+            conn.execute("alter table wide add column one_more int")
+        conn.rollback()
+        with pytest.raises(psycopg.Error) as cancelled:
+            conn.execute("set statement_timeout = '10ms'")
+            conn.execute("select pg_sleep(1)")
+    assert is_transient(refused.value)  # no SQLSTATE: the server never answered
+    assert too_wide.value.sqlstate == "54011" and not is_transient(too_wide.value)
+    assert cancelled.value.sqlstate == "57014" and is_transient(cancelled.value)  # a timeout: try again

@@ -8,7 +8,8 @@ writes the manifest last, so a partial upload never looks complete.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, parse
 from clientflow.arrival.manifest import Manifest, parse_manifest
 from clientflow.batch import Batch, BatchFile
 from clientflow.errors import BadInputError
+from clientflow.faults import named
 from clientflow.mapping import ClientMapping
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -40,36 +42,43 @@ def _list_objects(s3: Any, bucket: str, prefix: str) -> dict[str, datetime]:
     return found
 
 
-def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    return list(_list_objects(s3, bucket, prefix))
-
-
-def runs_with_every_table(keys: Iterable[str], mapping: ClientMapping, day: date) -> list[str]:
-    """Run ids of ``day`` among ``keys`` whose every expected table has both files, oldest first.
+def runs_with_every_table(keys: Iterable[str], mapping: ClientMapping, day: date,
+                          uploaded: Mapping[str, datetime] | None = None) -> list[str]:
+    """Run ids of ``day`` among ``keys`` whose every expected table has both files, oldest first:
+    by when the run's last file arrived (``uploaded``: key -> upload time), then by id. The newest
+    is the last upload, whatever its id: a client's ``--run-id retry1`` after a scheduled
+    ``20261123T010203Z-...`` run is the newer one.
 
     Files of different runs never add up to a batch: table A from one run and table B from
     another is two partial uploads, not one complete one.
     """
     present: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    last: dict[str, datetime] = {}
     for key in keys:
         parsed = parse_key(key)
         if parsed and parsed.client == mapping.client and parsed.day == day:
             present[parsed.run_id].add((parsed.table, parsed.file))
+            if uploaded is not None:
+                last[parsed.run_id] = max(last.get(parsed.run_id, uploaded[key]), uploaded[key])
     needed = {(t, f) for t in mapping.source_tables for f in (DATA_FILE, MANIFEST_FILE)}
-    return sorted(run_id for run_id, files in present.items() if needed <= files)
+    done = [run_id for run_id, files in present.items() if needed <= files]
+    if uploaded is None:
+        return sorted(done)
+    return sorted(done, key=lambda run_id: (last[run_id], run_id))
 
 
 def complete_runs(s3: Any, bucket: str, mapping: ClientMapping, day: date) -> list[str]:
-    """Run ids of ``day`` in the bucket whose every expected table has both files, oldest first."""
-    return runs_with_every_table(_list_keys(s3, bucket, f"client={mapping.client}/"), mapping, day)
+    """Run ids of ``day`` in the bucket whose every expected table has both files, oldest upload first."""
+    objects = _list_objects(s3, bucket, f"client={mapping.client}/")
+    return runs_with_every_table(objects, mapping, day, objects)
 
 
 def complete_batches(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> list[tuple[date, str]]:
     """(date, newest complete run id) of every date from ``since`` on, oldest first: one listing
     of the client's prefix. An older complete run of a date is superseded by the newer one."""
-    keys = _list_keys(s3, bucket, f"client={mapping.client}/")
-    days = sorted({p.day for p in map(parse_key, keys) if p is not None and p.day >= since})
-    return [(day, runs[-1]) for day in days if (runs := runs_with_every_table(keys, mapping, day))]
+    objects = _list_objects(s3, bucket, f"client={mapping.client}/")
+    days = sorted({p.day for p in map(parse_key, objects) if p is not None and p.day >= since})
+    return [(day, runs[-1]) for day in days if (runs := runs_with_every_table(objects, mapping, day, objects))]
 
 
 def waiting_since(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> dict[tuple[date, str], datetime]:
@@ -79,7 +88,7 @@ def waiting_since(s3: Any, bucket: str, mapping: ClientMapping, since: date) -> 
     parsed = {key: p for key in objects if (p := parse_key(key)) is not None and p.day >= since}
     found: dict[tuple[date, str], datetime] = {}
     for day in sorted({p.day for p in parsed.values()}):
-        runs = runs_with_every_table(parsed, mapping, day)
+        runs = runs_with_every_table(parsed, mapping, day, objects)
         if runs:
             found[(day, runs[-1])] = max(t for key, t in objects.items()
                                         if key in parsed and parsed[key].day == day and parsed[key].run_id == runs[-1])
@@ -142,8 +151,9 @@ def read_manifests(s3: Any, bucket: str, batch: Batch) -> list[ArrivedTable]:
     out = []
     for files in batch.files:
         where = batch.where(files.table, files.manifest_key)
-        body = s3.get_object(Bucket=bucket, Key=files.manifest_key)["Body"]
-        raw = body.read(MAX_MANIFEST_BYTES + 1)
+        with named(where, "reading manifest.json"):
+            with closing(s3.get_object(Bucket=bucket, Key=files.manifest_key)["Body"]) as body:
+                raw = body.read(MAX_MANIFEST_BYTES + 1)
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BadInputError("manifest.json is larger than 1 MiB", where)
         manifest = parse_manifest(raw, where)

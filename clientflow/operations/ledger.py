@@ -36,6 +36,14 @@ def state_of(conn: psycopg.Connection[Any], ingestion_id: str) -> str | None:
     return row[0] if row else None
 
 
+def holder_of(conn: psycopg.Connection[Any], ingestion_id: str) -> tuple[str, int | None] | None:
+    """(state, fencing token of the run that took the batch up last), or None if unknown."""
+    row = conn.execute(
+        "select state, fence_token from pipeline.batches where ingestion_id = %s", (ingestion_id,)
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def record_batch(
     conn: psycopg.Connection[Any],
     ingestion_id: str,
@@ -149,13 +157,16 @@ def history(conn: psycopg.Connection[Any], ingestion_id: str) -> list[str]:
     ]
 
 
-def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: str) -> list[str]:
-    """The client's batches of one date and extractor run that are still PENDING or PROCESSING."""
+def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: str,
+               airflow_run_id: str | None) -> list[str]:
+    """The client's batches of one date and extractor run that are still PENDING or PROCESSING and
+    that ``airflow_run_id`` took up last: another run (a backfill beside a scheduled run) may be
+    processing the same batch, and it is that run's to finish."""
     return [
         row[0] for row in conn.execute(
             "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
-            "and run_id = %s and state in ('PENDING', 'PROCESSING')",
-            (client, day, run_id),
+            "and run_id = %s and state in ('PENDING', 'PROCESSING') and airflow_run_id is not distinct from %s",
+            (client, day, run_id, airflow_run_id),
         )
     ]
 

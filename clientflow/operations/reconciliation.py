@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from client_extractor.contract import DATA_FILE, MANIFEST_FILE, parse_key
+from client_extractor.contract import DATA_FILE, MANIFEST_FILE, parse_key, run_prefix
 from clientflow.arrival.batches import MAX_MANIFEST_BYTES
 from clientflow.arrival.manifest import parse_manifest
 from clientflow.config import PipelineSettings
@@ -110,7 +110,7 @@ def _bucket(settings: PipelineSettings, mapping: ClientMapping, day: date | None
                                   ).files[parsed.table].add(parsed.file)
     for (d, run_id), found in stored.items():
         for table, files in found.files.items():
-            prefix = f"client={client}/table={table}/date={d:%Y%m%d}/run_id={run_id}/"
+            prefix = run_prefix(client, table, d, run_id)
             where = Where(client=client, table=table, batch_date=d.isoformat(), run_id=run_id,
                           file=prefix + MANIFEST_FILE)
             if MANIFEST_FILE in files:

@@ -2,6 +2,6 @@
 a failed batch in dummy production."""
 
 from clientflow.promotion.promote import PromotedCounts, promote, was_promoted
-from clientflow.promotion.undo import undo_batch
+from clientflow.promotion.undo import forget_undo, undo_batch, unsettled
 
-__all__ = ["PromotedCounts", "promote", "undo_batch", "was_promoted"]
+__all__ = ["PromotedCounts", "forget_undo", "promote", "undo_batch", "unsettled", "was_promoted"]

@@ -188,9 +188,11 @@ def promote(
     ingestion_id: str,
     batch_date: date,
     entities: Iterable[str] = ENTITY_ORDER,
+    *,
+    fence_token: int | None = None,
 ) -> tuple[list[PromotedCounts], datetime]:
-    """Write the batch's changes of each entity, parents first, and record the promotion; the
-    caller commits."""
+    """Write the batch's changes of each entity, parents first, and record the promotion under the
+    run's ``fence_token`` (:func:`was_promoted`); the caller commits."""
     where = Where(client=client, batch_date=batch_date.isoformat())
     set_tenant(production, client)  # row-level security: this client's rows, and only them
     production.execute("set local session_replication_role = replica")
@@ -203,18 +205,20 @@ def promote(
         offered, inserted, updated = _promote_entity(staging, production, name, client, ingestion_id, where)
         results.append(PromotedCounts(name, offered, inserted, updated))
     production.execute(
-        "insert into practice.promotions (client_id, ingestion_id, batch_date, promoted_at, rows_written) "
-        "values (%s, %s, %s, %s, %s) on conflict (client_id, ingestion_id) do update set "
-        "promoted_at = excluded.promoted_at, rows_written = excluded.rows_written",
+        "insert into practice.promotions (client_id, ingestion_id, batch_date, promoted_at, rows_written, fence_token) "
+        "values (%s, %s, %s, %s, %s, %s) on conflict (client_id, ingestion_id) do update set "
+        "promoted_at = excluded.promoted_at, rows_written = excluded.rows_written, fence_token = excluded.fence_token",
         (client, ingestion_id, batch_date, promoted_at,
-         json.dumps({c.entity: c.inserted + c.updated for c in results})),
+         json.dumps({c.entity: c.inserted + c.updated for c in results}), fence_token),
     )
     production.execute("set local session_replication_role = origin")
     return results, promoted_at
 
 
-def was_promoted(production: psycopg.Connection[Any], client: str, ingestion_id: str) -> bool:
-    """Whether production holds the batch (its promotion committed), whatever the ledger says."""
+def was_promoted(production: psycopg.Connection[Any], client: str, ingestion_id: str, fence_token: int) -> bool:
+    """Whether the run holding ``fence_token`` promoted the batch (its promotion committed), whatever
+    the ledger says. A batch promoted by an earlier run, then re-offered, is not: its new run's
+    failure must not pass for a success."""
     set_tenant(production, client)
-    return production.execute("select 1 from practice.promotions where client_id = %s and ingestion_id = %s",
-                              (client, ingestion_id)).fetchone() is not None
+    return production.execute("select 1 from practice.promotions where client_id = %s and ingestion_id = %s "
+                              "and fence_token = %s", (client, ingestion_id, fence_token)).fetchone() is not None

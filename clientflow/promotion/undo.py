@@ -7,6 +7,12 @@ replaced and the keys it inserted (``stg_<client>.undo_<entity>``, tagged with t
 the deletes, so no foreign key is ever broken, in one transaction. Its cost follows the size of
 the batch's changes, not of the client. Running it twice changes nothing the second time.
 
+Undo rows therefore mean one thing: the batch they name is merged into dummy production and neither
+promoted (the promotion deletes them with the SUCCESS it records: :func:`forget_undo`) nor undone.
+A run that ended without recording its outcome (its worker died, its lock was taken over, its
+failure callback could not reach production) leaves them; the client's next run finds them
+(:func:`unsettled`) and settles that batch before its own merge.
+
 A client's first rows of an entity are kept as one row (``undo_key`` null: the client had none),
 and undone by deleting the client's rows of the entity, never another client's.
 """
@@ -88,3 +94,22 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
         restored[name] = restored.get(name, 0) + deleted
         conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))
     return restored
+
+
+def unsettled(conn: psycopg.Connection[Any], client: str) -> list[str]:
+    """The batches whose undo rows are still kept for ``client``: merged into dummy production,
+    and neither promoted nor undone (module docstring)."""
+    found: set[str] = set()
+    for name in ENTITY_ORDER:
+        undo = _undo_table(client, name)
+        if _exists(conn, undo):
+            found.update(row[0] for row in conn.execute(sql.SQL("select distinct undo_for from {}").format(undo)))
+    return sorted(found)
+
+
+def forget_undo(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> None:
+    """Drop the batch's undo rows once production holds it: nothing is left to undo."""
+    for name in ENTITY_ORDER:
+        undo = _undo_table(client, name)
+        if _exists(conn, undo):
+            conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))

@@ -116,15 +116,20 @@ create index if not exists procedures_batch_idx on procedures (ingestion_id);
 -- One row per promoted batch, written in the promotion's own transaction: if it is here, the
 -- batch is in production (the ledger in the staging database may lag behind after a crash).
 -- A row's promotion time is its batch's promoted_at here (join on ingestion_id): one row per
--- batch rather than a value rewritten on every row the batch wrote.
+-- batch rather than a value rewritten on every row the batch wrote. fence_token is the client
+-- lock's token of the run that promoted it last: a batch promoted once and re-offered has a row
+-- here before its new run promotes, and only the token tells whether this run's promotion
+-- committed.
 create table if not exists promotions (
     client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     ingestion_id   text        not null,
     batch_date     date        not null,
     promoted_at    timestamptz not null,
     rows_written   jsonb       not null,
+    fence_token    bigint,
     primary key (client_id, ingestion_id)
 );
+alter table promotions add column if not exists fence_token bigint;  -- databases made before it
 
 -- Neither the promoter (production) nor dbt's role (dummy production, the staging database's copy
 -- of this file) owns a table, so neither may ANALYZE one. After a client's first load (or any large

@@ -174,3 +174,22 @@ def test_backfill_run_reprocesses_its_logical_date(settings: Any, airflow_db: Pa
         done = conn.execute("select batch_date, run_id, state from pipeline.batches where client_name = %s",
                             (mapping.client,)).fetchall()
     assert done == [(date(2026, 3, 8), "20260308T010000Z", "SUCCESS")]
+
+
+def test_the_newest_run_of_a_date_is_the_last_upload_whatever_its_name(settings: Any) -> None:
+    """A client's hand-named ``--run-id retry1``, then the scheduled extractor's timestamped run: the
+    second is the newer batch, though its id sorts first."""
+    import time
+
+    from clientflow.arrival import complete_batches
+
+    mapping = mapping_for("arr_newest")
+    practice = Practice(settings, mapping.client)
+    practice.write(DAY, "retry1", tables(3, "hand"))
+    time.sleep(1.1)  # S3 keeps upload times to the second
+    practice.write(DAY, "20260310T050000Z-e", tables(3, "scheduled"))
+    s3, bucket = settings.s3.client(), settings.s3.bucket
+
+    assert complete_runs(s3, bucket, mapping, DAY) == ["retry1", "20260310T050000Z-e"]
+    assert pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY)).run_id == "20260310T050000Z-e"
+    assert complete_batches(s3, bucket, mapping, DAY) == [(DAY, "20260310T050000Z-e")]

@@ -87,3 +87,23 @@ def test_unseen_keeps_the_callers_order_and_counts_only_this_clients_batches(set
         asked = [(days[0], "r1"), (days[1], "r1"), (days[2], "r1"), (days[1], "r2"), (days[3], "r1")]
         assert ledger.unseen(conn, mapping.client, asked) == [(days[0], "r1"), (days[2], "r1"), (days[1], "r2")]
         assert ledger.unseen(conn, mapping.client, iter([])) == []
+
+
+def test_a_run_failing_before_ingest_leaves_alone_the_batch_another_run_is_processing(settings: Any) -> None:
+    """A scheduled run whose sensor timed out (its batch never named) and a backfill processing the
+    same date and extractor run: the failure callback of the first fails only what it took up."""
+    mapping = mapping_for("led_two_runs")
+    found = Practice(settings, mapping.client).write(DAY, "r1", tables(3))
+    batch = pipeline.ingest(settings, mapping, found, airflow_run_id="backfill__2026-04-02")
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.state_of(conn, batch.require_ingestion_id()) == "PROCESSING"
+
+    pipeline.mark_failed(settings, found, "sensor timeout", airflow_run_id="scheduled__2026-04-02")
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.state_of(conn, batch.require_ingestion_id()) == "PROCESSING"
+
+    pipeline.mark_failed(settings, found, "ingest failed", airflow_run_id="backfill__2026-04-02")  # its own run
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED"
+    pipeline.mark_failed(settings, batch, "cleanup", airflow_run_id="backfill__2026-04-02")  # frees the lock
+    assert not _lock_held(settings, mapping.client)

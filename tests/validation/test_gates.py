@@ -268,3 +268,27 @@ def test_a_promoted_batch_is_reoffered_once_its_mapping_is_fixed(settings: Any) 
         assert conn.execute("select count(*) from pipeline.rejects where ingestion_id = %s",
                             (batch.ingestion_id,)).fetchone() == (0,)
     assert _state(settings, batch.ingestion_id) == "SUCCESS"
+
+
+def test_a_reoffered_batch_stopped_after_dbt_fails_and_is_not_taken_for_its_earlier_promotion(settings: Any) -> None:
+    """Production's promotions row of the batch's first run must not make its re-offered run's
+    failure pass for a success: the failure is recorded, and dummy production undone."""
+    mapping = _mapping("reoffer_stop")
+    data = tables(10)
+    data[TABLES["patients"]][4]["gender"] = "x"
+    practice = Practice(settings, "reoffer_stop")
+    batch = run_batch(settings, mapping, practice.write(DAY, "r1", data))
+    before = production_rows(settings, "reoffer_stop", "patients", "sex")
+    fixed_specs = {n: s.model_dump(exclude_none=True) for n, s in mapping.tables.items()}
+    fixed_specs[TABLES["patients"]]["columns"]["sex"]["values"]["x"] = "other"
+    fixed = mapping_for("reoffer_stop", tables=fixed_specs, anomalies={"min_rows": 5})
+    offered = _clientflow("reoffer", batch.ingestion_id, "--by", "dana.engineer", "--reason", "x means other")
+    assert offered.returncode == 0, offered.stderr
+
+    again = pipeline.ingest(settings, fixed, practice.write(DAY, "r1", data), airflow_run_id="manual__again")
+    transform(settings, fixed, again)  # P4 merged into dummy production
+    pipeline.mark_failed(settings, again, "a gate stopped it", airflow_run_id="manual__again")  # the callback
+
+    assert _state(settings, batch.ingestion_id) == "FAILED"
+    assert production_rows(settings, "reoffer_stop", "patients", "sex") == before
+    assert_dummy_equals_production(settings, "reoffer_stop")

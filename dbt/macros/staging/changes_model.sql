@@ -61,6 +61,7 @@ absent as (
     select c.*
     from current_rows as c
     where c.deleted_at is null
+        and (c.source_batch_date is null or c.source_batch_date <= {{ batch_date() }})
         and c.{{ fk['column'] }} in (
             select d.{{ fk['column'] }} from {{ ref('changes_' ~ fk['entity']) }} as d
             where d.change = 'delete'
