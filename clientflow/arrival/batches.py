@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, parse_key
+from client_extractor.contract import DATA_FILE, MANIFEST_FILE, batch_key, job_id, parse_key
 from clientflow.arrival.manifest import Manifest, parse_manifest
 from clientflow.batch import Batch, BatchFile
 from clientflow.errors import BadInputError
@@ -162,5 +162,11 @@ def read_manifests(s3: Any, bucket: str, batch: Batch) -> list[ArrivedTable]:
         ):
             raise BadInputError("manifest.json names a different client, table, date or run "
                                 "than its location in the bucket", where)
+        if manifest.job_id != job_id(manifest.client, manifest.table, manifest.date, manifest.sha256,
+                                     manifest.extraction.mode):
+            # The job id decides what counts as a duplicate: one copied from another batch's
+            # manifest would have this batch skipped as already promoted.
+            raise BadInputError("manifest.json's job_id is not the one of its client, table, date, sha256 "
+                                "and extraction mode (a manifest edited or copied from another batch?)", where)
         out.append(ArrivedTable(files, manifest))
     return out

@@ -193,3 +193,28 @@ def test_the_newest_run_of_a_date_is_the_last_upload_whatever_its_name(settings:
     assert complete_runs(s3, bucket, mapping, DAY) == ["retry1", "20260310T050000Z-e"]
     assert pipeline.find_batch(settings, mapping, Batch(mapping.client, DAY)).run_id == "20260310T050000Z-e"
     assert complete_batches(s3, bucket, mapping, DAY) == [(DAY, "20260310T050000Z-e")]
+
+
+def test_a_manifest_whose_job_id_is_not_its_own_is_refused_before_the_duplicate_check(settings: Any) -> None:
+    """A job id copied from a promoted batch's manifest would have new data skipped as a duplicate."""
+    import json
+
+    from client_extractor.contract import MANIFEST_FILE, batch_key
+    from clientflow.arrival import read_manifests
+
+    mapping = mapping_for("arr_copied_job")
+    practice = Practice(settings, mapping.client)
+    promoted = run_batch(settings, mapping, practice.write(DAY, "r1", tables(3)))
+    found = practice.write(DAY.replace(day=11), "r2", tables(3, "new"))
+    s3, bucket = settings.s3.client(), settings.s3.bucket
+    old = json.loads(s3.get_object(Bucket=bucket, Key=promoted.files[0].manifest_key)["Body"].read())
+    key = batch_key(mapping.client, found.files[0].table, found.day, "r2", MANIFEST_FILE)
+    edited = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) | {"job_id": old["job_id"]}
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(edited).encode())
+
+    with pytest.raises(BadInputError, match="job_id is not the one of its client, table, date, sha256") as caught:
+        read_manifests(s3, bucket, found)
+    assert f"table={found.files[0].table}" in str(caught.value) and "run=r2" in str(caught.value)
+    with pytest.raises(BadInputError, match="job_id"):
+        pipeline.ingest(settings, mapping, found, airflow_run_id="t")
+    assert _ledger_rows(settings, mapping.client) == 1  # the promoted batch only: nothing recorded
