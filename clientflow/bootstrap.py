@@ -42,6 +42,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from clientflow.entities import PRACTICE_SCHEMA
+
 log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "sql"
@@ -50,7 +52,6 @@ LOADER_ROLE = "clientflow_loader"
 TRANSFORMER_ROLE = "clientflow_transformer"
 PROMOTER_ROLE = "clientflow_promoter"
 STATUS_ROLE = "clientflow_status"
-PRACTICE_SCHEMA = "practice"
 LOGIN_ROLES = {  # role: the variable of its password, and the local stack's default
     LOADER_ROLE: ("CLIENTFLOW_LOADER_PASSWORD", "local-only-loader"),
     TRANSFORMER_ROLE: ("CLIENTFLOW_TRANSFORMER_PASSWORD", "local-only-transformer"),
@@ -123,7 +124,10 @@ def _ensure_database(admin: psycopg.Connection[Any], name: str, owner: str, rese
         admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
         found = None
     if found is None:
-        admin.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        # UTF8 whatever template1 is (SQL_ASCII or LATIN1 on some clusters): JSON text is UTF-8, and a
+        # LATIN1 database would store what it cannot encode as mojibake or refuse it.
+        admin.execute(sql.SQL("create database {} owner {} encoding 'UTF8' template template0").format(
+            sql.Identifier(name), sql.Identifier(owner)))
         admin.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), sql.Literal(schema_version())))
 
 

@@ -101,7 +101,7 @@ def connect(settings: PostgresSettings, where: Where, doing: str) -> Iterator[ps
     # The settings travel in the connection's startup packet, as dbt's do (PGOPTIONS): no statement,
     # no round trip, and the block starts outside any transaction.
     with named(where, f"{doing} on {settings.describe()}"), \
-            psycopg.connect(settings.conninfo(), options=pg_options()) as conn:
+            psycopg.connect(settings.conninfo(), options=pg_options(), client_encoding="UTF8") as conn:
         yield conn
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+PRACTICE_SCHEMA = "practice"
+"""The schema of production's tables, in production and (as dummy production) in the staging database."""
 CLIENT_KEY = "client_id"
 """The tenant key: the first column of every production table and of its primary key."""
 

@@ -159,9 +159,15 @@ def ingest(
     ingestion_id = ledger.ingestion_id_for(found.client, found.day, [t.manifest.job_id for t in arrived])
     batch = replace(found, ingestion_id=ingestion_id)
     logcontext.bind_job(batch)
-    with connect(settings.staging, batch.where(), "taking the client lock") as conn:
-        lock = locks.acquire(settings.redis, conn, mapping.client,
-                             holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")
+    lock: ClientLock | None = None
+    try:
+        with connect(settings.staging, batch.where(), "taking the client lock") as conn:
+            lock = locks.acquire(settings.redis, conn, mapping.client,
+                                 holder=airflow_run_id or f"manual-{uuid.uuid4().hex}")
+    except BaseException:
+        if lock is not None:  # taken in Redis, but its fence row never committed
+            _release_quietly(settings, lock)
+        raise
     batch = replace(batch, lock=lock)
     try:
         settle_earlier(settings, batch.client, lock, airflow_run_id=airflow_run_id)
@@ -290,6 +296,7 @@ def promote(settings: PipelineSettings, mapping: ClientMapping, batch: Batch, *,
             with connect(settings.production, batch.where(), "promoting (production)") as production:
                 counts, _promoted_at = promotion.promote(staging, production, mapping.client, ingestion_id,
                                                         batch.day, mapping.entities, fence_token=lock.token)
+                locks.check(staging, lock)  # still ours, and the staging session still alive, right before
                 production.commit()
                 committed = True
             summary = {c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated,
@@ -373,33 +380,43 @@ def mark_failed(settings: PipelineSettings, batch: Batch | None, error: str, *,
 
 def settle_earlier(settings: PipelineSettings, client: str, lock: ClientLock, *,
                    airflow_run_id: str | None = None) -> None:
-    """Before a run merges its batch: a batch an earlier run merged into dummy production and left
-    there without an outcome (its worker died, its lock was taken over, its failure callback could
-    not reach production; its undo rows say so) is settled as production has it. Production holds
-    its promotion under that run's token: it is recorded SUCCESS (if the ledger lagged behind) and
-    its undo rows go. It does not: dummy production is put back, and a batch still PENDING or
-    PROCESSING is recorded FAILED. Production unreachable: this run stops (retried), nothing changed.
+    """Before a run takes its batch up, under the client's lock: what earlier runs left without an
+    outcome (a worker killed before its failure callback ran, a lock taken over, a callback that
+    could not reach production) is settled as production has it.
+
+    - A batch merged into dummy production (its undo rows say so): if production holds its
+      promotion under the token of the run that took it up, it is recorded SUCCESS (the ledger
+      lagged) and its undo rows go; if not, dummy production is put back.
+    - A batch still PENDING or PROCESSING that another Airflow run took up: its run is over (this
+      run holds the lock), so it is recorded FAILED, to be reprocessed by a person like any other.
+      A batch this same run took up (a task cleared and run again) is only put back: the run goes
+      on with it.
+
+    Production unreachable: this run stops (and is retried) with nothing changed.
     """
     where = Where(client=client)
-    with connect(settings.staging, where, "settling the client's earlier batch in dummy production") as conn:
+    with connect(settings.staging, where, "settling the client's earlier batches") as conn:
         locks.check(conn, lock)
         for ingestion_id in promotion.unsettled(conn, client):
-            state, token = ledger.holder_of(conn, ingestion_id) or (None, None)
-            if state == "SUCCESS" or (token is not None and _promoted_under(settings, client, ingestion_id, token)):
+            held = ledger.holder_of(conn, ingestion_id)
+            if held.state == "SUCCESS" or (held.fence_token is not None and _promoted_under(
+                    settings, client, ingestion_id, held.fence_token)):
                 promotion.forget_undo(conn, client, ingestion_id)
-                if state != "SUCCESS":
+                if held.state != "SUCCESS":
                     ledger.set_state(conn, ingestion_id, "SUCCESS", airflow_run_id=airflow_run_id,
                                      detail="production had committed its promotion; recorded by the client's next run")
                 log.warning("[%s] batch %s: production holds its promotion; the ledger records it (was %s)",
-                            where.describe(), ingestion_id, state)
+                            where.describe(), ingestion_id, held.state)
                 continue
             restored = promotion.undo_batch(conn, client, ingestion_id)
-            if state in ("PENDING", "PROCESSING"):
-                ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id,
-                                 detail="its run ended without recording an outcome; the client's next run put "
-                                        "dummy production back as production has it")
             log.warning("[%s] batch %s (%s) was merged into dummy production but never promoted; dummy production "
-                        "restored: %s", where.describe(), ingestion_id, state, restored)
+                        "restored: %s", where.describe(), ingestion_id, held.state, restored)
+        for ingestion_id in ledger.in_flight_elsewhere(conn, client, airflow_run_id):
+            ledger.set_state(conn, ingestion_id, "FAILED", airflow_run_id=airflow_run_id,
+                             detail="its run ended without recording an outcome; the client's next run recorded it "
+                                    "(dummy production as production has it)")
+            log.warning("[%s] batch %s: its run ended without an outcome; recorded FAILED", where.describe(),
+                        ingestion_id)
 
 
 def _still_holds(conn: Any, lock: ClientLock) -> bool:

@@ -36,3 +36,16 @@ def test_relay_copy_moves_every_row_once_whatever_the_buffer_s_fill(
     if rows == 60_000:  # several full buffers and a partial one
         size = source.execute("select sum(pg_column_size(t.*)) from t").fetchone()
         assert size is not None and size[0] > 2 * COPY_BUFFER
+
+
+def test_the_pipeline_s_databases_and_connections_speak_utf8(settings: Any) -> None:
+    """Bootstrap creates its databases UTF8 (whatever template1 is), and every connection of the
+    pipeline says UTF8, so a database that cannot store a character refuses it instead of
+    storing it mangled."""
+    from clientflow.db import connect
+    from clientflow.errors import Where
+
+    for target in (settings.staging, settings.production):
+        with connect(target, Where(), "checking the encoding") as conn:
+            assert conn.execute("show server_encoding").fetchone() == ("UTF8",)
+            assert conn.execute("show client_encoding").fetchone() == ("UTF8",)

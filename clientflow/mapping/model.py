@@ -243,6 +243,8 @@ class AlertPolicy(BaseModel):
     incomplete_after: timedelta = Field(default=timedelta(hours=2), description="An upload left incomplete this long "
                                         "(a data file without its manifest, a table missing), with no complete run "
                                         "of its date after it, is an alert.")
+    stuck_after: timedelta = Field(default=timedelta(hours=3), description="A batch PENDING or PROCESSING this long "
+                                   "(its run died without an outcome, or hangs) is an alert.")
     notifiers: list[ExtraNotifier] = Field(default_factory=list, description="Further notifiers called when a "
                                            "batch fails, after the email (Slack, PagerDuty, ...).")
 

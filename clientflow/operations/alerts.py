@@ -103,6 +103,7 @@ TITLES = {
     "backlog": "batches waiting unprocessed",
     "failed_unreprocessed": "failed batches left unprocessed",
     "incomplete": "uploads left incomplete",
+    "stuck": "batches stuck in flight",
 }
 STEPS = {
     "failing": "failing-repeatedly",
@@ -110,6 +111,7 @@ STEPS = {
     "backlog": "backlog",
     "failed_unreprocessed": "failed-unreprocessed",
     "incomplete": "incomplete-upload",
+    "stuck": "stuck-batch",
 }
 
 

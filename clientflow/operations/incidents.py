@@ -15,7 +15,7 @@ import psycopg
 
 from clientflow.operations.alerts import Incident
 
-KINDS = ("failing", "stale", "backlog", "failed_unreprocessed", "incomplete")
+KINDS = ("failing", "stale", "backlog", "failed_unreprocessed", "incomplete", "stuck")
 
 
 def open_incident(conn: psycopg.Connection[Any], client: str, kind: str, detail: str) -> Incident | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from datetime import date
-from typing import TYPE_CHECKING, Any
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 STATES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "DUPLICATE", "REOFFERED")
 DONE = ("SUCCESS", "DUPLICATE")
 """States whose content is not processed again (a REOFFERED batch is: its rejects get another chance)."""
+IN_FLIGHT = ("PENDING", "PROCESSING")
+"""States of a batch a run has taken up and not finished."""
 
 
 def ingestion_id_for(client: str, day: date, job_ids: Sequence[str]) -> str:
@@ -36,12 +38,29 @@ def state_of(conn: psycopg.Connection[Any], ingestion_id: str) -> str | None:
     return row[0] if row else None
 
 
-def holder_of(conn: psycopg.Connection[Any], ingestion_id: str) -> tuple[str, int | None] | None:
-    """(state, fencing token of the run that took the batch up last), or None if unknown."""
+class Holder(NamedTuple):
+    """A batch's state, and the run that took it up last: its Airflow run id and lock token."""
+
+    state: str | None
+    fence_token: int | None = None
+    airflow_run_id: str | None = None
+
+
+def holder_of(conn: psycopg.Connection[Any], ingestion_id: str) -> Holder:
+    """The batch's :class:`Holder` (every field None if the ledger does not know it)."""
     row = conn.execute(
-        "select state, fence_token from pipeline.batches where ingestion_id = %s", (ingestion_id,)
+        "select state, fence_token, airflow_run_id from pipeline.batches where ingestion_id = %s", (ingestion_id,)
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    return Holder(row[0], row[1], row[2]) if row else Holder(None)
+
+
+def in_flight_elsewhere(conn: psycopg.Connection[Any], client: str, airflow_run_id: str | None) -> list[str]:
+    """The client's batches PENDING or PROCESSING that another Airflow run took up last. Asked by
+    the holder of the client's lock, these are batches whose run ended without an outcome."""
+    return [row[0] for row in conn.execute(
+        "select ingestion_id from pipeline.batches where client_name = %s and state = any(%s) "
+        "and airflow_run_id is distinct from %s order by batch_date, created_at",
+        (client, list(IN_FLIGHT), airflow_run_id))]
 
 
 def record_batch(
@@ -165,8 +184,8 @@ def unfinished(conn: psycopg.Connection[Any], client: str, day: date, run_id: st
     return [
         row[0] for row in conn.execute(
             "select ingestion_id from pipeline.batches where client_name = %s and batch_date = %s "
-            "and run_id = %s and state in ('PENDING', 'PROCESSING') and airflow_run_id is not distinct from %s",
-            (client, day, run_id, airflow_run_id),
+            "and run_id = %s and state = any(%s) and airflow_run_id is not distinct from %s",
+            (client, day, run_id, list(IN_FLIGHT), airflow_run_id),
         )
     ]
 
@@ -177,6 +196,22 @@ def batches_in(conn: psycopg.Connection[Any], client: str,
     rows = conn.execute("select ingestion_id, state, batch_date, run_id from pipeline.batches where client_name = %s "
                         "and state = any(%s) order by batch_date, created_at", (client, list(states))).fetchall()
     return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def newest_promotion(conn: psycopg.Connection[Any], client: str) -> datetime | None:
+    """When the client's newest promoted batch was recorded SUCCESS; None if none was."""
+    row = conn.execute("select max(updated_at) from pipeline.batches where client_name = %s and state = 'SUCCESS'",
+                       (client,)).fetchone()
+    return row[0] if row else None
+
+
+def left_in(conn: psycopg.Connection[Any], client: str, states: Sequence[str],
+            before: datetime) -> tuple[int, datetime | None]:
+    """How many of the client's batches are in one of ``states`` unchanged since before ``before``,
+    and the oldest one's last change: the watchdog's batches left alone."""
+    row = conn.execute("select count(*), min(updated_at) from pipeline.batches where client_name = %s "
+                       "and state = any(%s) and updated_at < %s", (client, list(states), before)).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
 
 
 def unseen(conn: psycopg.Connection[Any], client: str,

@@ -33,7 +33,6 @@ from clientflow.arrival.batches import SENSOR_TASK_ID, complete_batches
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger, upload_keys
 
-IN_FLIGHT = ("PENDING", "PROCESSING")
 FOR_A_PERSON = ("FAILED", "REOFFERED")
 WAITING_SENSOR = ("deferred", "up_for_reschedule")
 """States of a sensor that is waiting (a sensor ``running`` defers within a second or two)."""
@@ -88,7 +87,7 @@ def look(conn: Any, s3: Any, bucket: str, mapping: ClientMapping, airflow: Airfl
     def shown(states: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f"{i} {s} ({d} run {r})" for i, s, d, r in ledger.batches_in(conn, mapping.client, states))
 
-    return InFlight(shown(IN_FLIGHT), unrecorded_batches(s3, bucket, conn, mapping, today),
+    return InFlight(shown(ledger.IN_FLIGHT), unrecorded_batches(s3, bucket, conn, mapping, today),
                     tuple(airflow.active_runs(f"client_{mapping.client}")), shown(FOR_A_PERSON))
 
 

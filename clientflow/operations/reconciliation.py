@@ -38,6 +38,7 @@ from clientflow.arrival.batches import MAX_MANIFEST_BYTES
 from clientflow.arrival.manifest import parse_manifest
 from clientflow.config import PipelineSettings
 from clientflow.db import connect, set_tenant
+from clientflow.entities import PRACTICE_SCHEMA
 from clientflow.entities import entity as our_entity
 from clientflow.errors import BadInputError, Where
 from clientflow.faults import named
@@ -46,9 +47,7 @@ from clientflow.load import raw
 from clientflow.mapping import ClientMapping
 from clientflow.operations import ledger
 
-SCHEMA = "practice"
 PROMOTED = "SUCCESS"
-UNFINISHED = ("PENDING", "PROCESSING")
 NOTHING_COMMITTED = ("FAILED", "DUPLICATE")
 
 
@@ -139,7 +138,7 @@ def _one(conn: psycopg.Connection[Any], query: sql.Composable | str, params: tup
 
 def _lineage_rows(conn: psycopg.Connection[Any], client: str, name: str, ingestion_id: str) -> int:
     return int(_one(conn, sql.SQL("select count(*) from {} where client_id = %s and ingestion_id = %s "
-                                  "and deleted_at is null").format(ident(SCHEMA, name)), (client, ingestion_id)))
+                                  "and deleted_at is null").format(ident(PRACTICE_SCHEMA, name)), (client, ingestion_id)))
 
 
 def _table_digest(conn: psycopg.Connection[Any], client: str, name: str) -> tuple[int, int, str]:
@@ -148,7 +147,7 @@ def _table_digest(conn: psycopg.Connection[Any], client: str, name: str) -> tupl
     row = conn.execute(sql.SQL(
         "select count(*) filter (where t.deleted_at is null), count(*) filter (where t.deleted_at is not null), "
         "coalesce(md5(string_agg(md5(t::text), '' order by t.{key})), '') from {table} t where t.client_id = %s"
-    ).format(key=key, table=ident(SCHEMA, name)), (client,)).fetchone()
+    ).format(key=key, table=ident(PRACTICE_SCHEMA, name)), (client,)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), str(row[2])
 
@@ -233,7 +232,7 @@ def _files_line(found: _Stored | None, d: date, run_id: str, state: str, jobs: d
                 files.problems.append(f"{table}: data.json no longer matches the checksum of the file promoted")
             if now is not None and now != sha and state != PROMOTED:
                 files.note = "the data in the bucket do not match their manifest: refused, as it should be"
-    if state in UNFINISHED:
+    if state in ledger.IN_FLIGHT:
         files.problems.append(f"still {state}: unfinished (a run is active, or one died without recording it)")
     if state == PROMOTED and not promoted:
         files.problems.append("the ledger says SUCCESS, production has no promotion record of it")
@@ -304,7 +303,7 @@ def _client_lines(staging: psycopg.Connection[Any], production: psycopg.Connecti
                                  (" in content" if (live, deleted) == (dummy_live, dummy_deleted) else ""))
         strangers = production.execute(sql.SQL(
             "select count(*) from {} where client_id = %s and deleted_at is null and not ingestion_id = any(%s)"
-        ).format(ident(SCHEMA, name)), (client, sorted(promoted_ids))).fetchone()
+        ).format(ident(PRACTICE_SCHEMA, name)), (client, sorted(promoted_ids))).fetchone()
         if strangers and strangers[0]:
             line.problems.append(f"{strangers[0]} live rows come from batches the ledger does not show promoted")
         newest = next((iid for iid, _d, _r, st in reversed(batches)  # by date, then as they came

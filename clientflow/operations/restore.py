@@ -32,11 +32,11 @@ from psycopg import sql
 
 from clientflow.config import PipelineSettings
 from clientflow.db import relay_copy, set_tenant
-from clientflow.entities import ENTITY_ORDER, entity
+from clientflow.entities import ENTITY_ORDER, PRACTICE_SCHEMA, entity
 from clientflow.operations import ledger, locks
+from clientflow.promotion.undo import forget_undo, unsettled
 
 log = logging.getLogger(__name__)
-SCHEMA = "practice"
 
 
 class RestoreRefused(RuntimeError):
@@ -64,22 +64,21 @@ def plan(conn: psycopg.Connection[Any], client: str, since: date | None = None) 
 
 
 def _busy(conn: psycopg.Connection[Any], client: str) -> list[str]:
-    rows = conn.execute("select ingestion_id, state from pipeline.batches where client_name = %s "
-                        "and state in ('PENDING', 'PROCESSING')", (client,)).fetchall()
-    return [f"{iid} ({state})" for iid, state in rows]
+    return [f"{iid} ({state})" for iid, state, _day, _run in ledger.batches_in(conn, client, ledger.IN_FLIGHT)]
 
 
 def sync_dummy_production(staging: psycopg.Connection[Any], production: psycopg.Connection[Any],
                           client: str) -> dict[str, int]:
     """Replace the client's rows of dummy production (staging) by production's; rows per entity.
-    The caller commits staging."""
+    Undo rows a failed run left behind go too: undoing them would now take dummy production away
+    from production. The caller commits staging."""
     set_tenant(production, client)
     for name in reversed(ENTITY_ORDER):  # children first: no foreign key is broken on the way
-        staging.execute(sql.SQL("delete from {} where client_id = %s").format(sql.Identifier(SCHEMA, name)),
+        staging.execute(sql.SQL("delete from {} where client_id = %s").format(sql.Identifier(PRACTICE_SCHEMA, name)),
                         (client,))
     copied = {}
     for name in ENTITY_ORDER:  # parents first
-        table = sql.Identifier(SCHEMA, name)
+        table = sql.Identifier(PRACTICE_SCHEMA, name)
         cols = sql.SQL(", ").join(map(sql.Identifier, entity(name).production_columns))
         out_sql = sql.SQL("copy (select {} from {} where client_id = {}) to stdout (format binary)").format(
             cols, table, sql.Literal(client))
@@ -88,6 +87,8 @@ def sync_dummy_production(staging: psycopg.Connection[Any], production: psycopg.
         row = staging.execute(sql.SQL("select count(*) from {} where client_id = %s").format(table),
                               (client,)).fetchone()
         copied[name] = int(row[0]) if row else 0
+    for ingestion_id in unsettled(staging, client):  # dummy production is production's now: nothing to undo
+        forget_undo(staging, client, ingestion_id)
     return copied
 
 

@@ -7,7 +7,11 @@
 - **failed_unreprocessed**: FAILED batches nobody reprocessed within ``alerts.failed_after``;
 - **incomplete**: an upload left incomplete (a data file without its manifest, a table missing)
   longer than ``alerts.incomplete_after``, with no complete run of its date after it: the batch can
-  never run, and the client's extractor probably died mid-upload.
+  never run, and the client's extractor probably died mid-upload;
+- **stuck**: batches PENDING or PROCESSING, unchanged for longer than ``alerts.stuck_after``: their
+  run died without recording an outcome (a killed worker whose failure callback never ran) or
+  hangs. The client's next run settles such a batch (``pipeline.settle_earlier``); this says that
+  none came.
 
 Each is an incident (:mod:`clientflow.operations.incidents`): one alert when it starts, one
 recovery notice when a later check finds it gone, however many checks see it in between. One
@@ -31,7 +35,7 @@ from clientflow.mapping import ClientMapping
 from clientflow.operations import alerts, incidents, ledger
 
 log = logging.getLogger(__name__)
-WATCHED = ("stale", "backlog", "failed_unreprocessed", "incomplete")
+WATCHED = ("stale", "backlog", "failed_unreprocessed", "incomplete", "stuck")
 Sender = Callable[[Sequence[str], str, str], None]
 
 
@@ -79,14 +83,11 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
                    if now - at > policy.incomplete_after}
     with connect(settings.staging, where, "reading the ledger for the watchdog") as conn:
         unseen = ledger.unseen(conn, mapping.client, waiting)
-        newest = conn.execute("select max(updated_at) from pipeline.batches where client_name = %s and state = 'SUCCESS'",
-                              (mapping.client,)).fetchone()
-        failed = conn.execute(
-            "select count(*), min(updated_at) from pipeline.batches where client_name = %s and state = 'FAILED' "
-            "and updated_at < %s", (mapping.client, now - policy.failed_after)).fetchone()
+        last = ledger.newest_promotion(conn, mapping.client)
+        failed = ledger.left_in(conn, mapping.client, ("FAILED",), now - policy.failed_after)
+        stuck = ledger.left_in(conn, mapping.client, ledger.IN_FLIGHT, now - policy.stuck_after)
     limit = stale_limit(mapping)
     if limit is not None:
-        last = newest[0] if newest and newest[0] else None
         reference = last or datetime.combine(mapping.start_date, datetime.min.time(), tzinfo=UTC)
         if now - reference > limit:
             present["stale"] = (f"newest promoted batch {_age(now - last)} ago" if last else
@@ -97,9 +98,12 @@ def check(settings: PipelineSettings, mapping: ClientMapping, now: datetime) -> 
         oldest_day, oldest_run = backlog[0]
         present["backlog"] = (f"{len(backlog)} complete batch(es) waiting in the bucket longer than "
                               f"{_age(policy.backlog_after)}, unseen by the ledger; oldest {oldest_day} run {oldest_run}")
-    if failed and failed[0]:
+    if failed[0]:
         present["failed_unreprocessed"] = (f"{failed[0]} batch(es) FAILED and not reprocessed for longer than "
                                            f"{_age(policy.failed_after)}; the oldest since {failed[1]:%Y-%m-%d %H:%M} UTC")
+    if stuck[0]:
+        present["stuck"] = (f"{stuck[0]} batch(es) PENDING or PROCESSING, unchanged for longer than "
+                            f"{_age(policy.stuck_after)}; the oldest since {stuck[1]:%Y-%m-%d %H:%M} UTC")
     if partial:
         (oldest_day, oldest_run), missing = next(iter(partial.items()))
         present["incomplete"] = (f"{len(partial)} upload(s) incomplete for longer than {_age(policy.incomplete_after)}; "

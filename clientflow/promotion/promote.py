@@ -33,11 +33,10 @@ import psycopg
 from psycopg import sql
 
 from clientflow.db import relay_copy, set_tenant
-from clientflow.entities import ENTITY_ORDER, entity
+from clientflow.entities import ENTITY_ORDER, PRACTICE_SCHEMA, entity
 from clientflow.errors import PermanentError, Where
 from clientflow.promotion.undo import merged_rows
 
-SCHEMA = "practice"
 BATCH_DATE = "source_batch_date"
 SMALL_CHANGE_SET = 200_000
 """Change sets smaller than this are merged by primary-key lookups. PostgreSQL's planner prefers
@@ -85,7 +84,7 @@ def _merge(production: psycopg.Connection[Any], name: str, incoming: str) -> tup
     """Insert the new rows and update the changed ones from the temp table ``incoming``."""
     ours = entity(name)
     cols, keys = ours.production_columns, ours.primary_key
-    target, i = sql.Identifier(SCHEMA, name), sql.Identifier(incoming)
+    target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
     on = sql.SQL(" and ").join(sql.SQL("t.{k} = i.{k}").format(k=sql.Identifier(k)) for k in keys)
     inserted = production.execute(sql.SQL(
         "insert into {target} ({cols}) select {icols} from {i} i where not exists (select 1 from {target} t where {on})"
@@ -114,7 +113,7 @@ def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Com
         orphans = _count(production, sql.SQL(
             "select count(*) from {rows} r where r.{col} is not null and not exists "
             "(select 1 from {parent} p where p.client_id = r.client_id and p.{col} = r.{col})").format(
-            rows=rows, col=col, parent=sql.Identifier(SCHEMA, fk.parent)))
+            rows=rows, col=col, parent=sql.Identifier(PRACTICE_SCHEMA, fk.parent)))
         if orphans:
             raise PermanentError(f"{orphans} row(s) of {name}.{fk.column} refer to no {fk.parent} row in production; "
                                  "the promotion was rolled back", where,
@@ -144,7 +143,7 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
     """(offered, inserted, updated) of one entity. The change set is copied into a temp table
     (COPY cannot write a table under row-level security); a client's first load is inserted from
     it whole, later batches are merged (an insert plus an update)."""
-    target = sql.Identifier(SCHEMA, name)
+    target = sql.Identifier(PRACTICE_SCHEMA, name)
     first_load = production.execute(sql.SQL("select not exists (select 1 from {} where client_id = %s)").format(target),
                                     (client,)).fetchone()
     incoming = f"incoming_{name}"

@@ -24,10 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from clientflow.entities import ENTITY_ORDER, entity
+from clientflow.entities import ENTITY_ORDER, PRACTICE_SCHEMA, entity
 from clientflow.identifiers import ident
-
-SCHEMA = "practice"
 
 
 def _undo_table(client: str, name: str) -> sql.Identifier:
@@ -53,7 +51,7 @@ def merged_rows(conn: psycopg.Connection[Any], client: str, name: str, ingestion
     if not _exists(conn, undo):
         return 0
     if _first_rows(conn, undo, ingestion_id):
-        query = sql.SQL("select count(*) from {} where client_id = %s").format(sql.Identifier(SCHEMA, name))
+        query = sql.SQL("select count(*) from {} where client_id = %s").format(sql.Identifier(PRACTICE_SCHEMA, name))
         row = conn.execute(query, (client,)).fetchone()
     else:
         row = conn.execute(sql.SQL("select count(*) from {} where undo_for = %s").format(undo), (ingestion_id,)).fetchone()
@@ -77,13 +75,13 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
         restored[name] = conn.execute(sql.SQL(
             "update {target} as d set ({cols}) = ({old}) from {undo} as u "
             "where u.undo_for = %s and u.existed and d.client_id = %s and d.{key} = u.undo_key"
-        ).format(target=sql.Identifier(SCHEMA, name), undo=undo, key=sql.Identifier(ours.key),
+        ).format(target=sql.Identifier(PRACTICE_SCHEMA, name), undo=undo, key=sql.Identifier(ours.key),
                  cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
                  old=sql.SQL(", ").join(sql.SQL("u.{}").format(sql.Identifier(c)) for c in cols)),
             (ingestion_id, client)).rowcount
     for name in reversed(present):  # then delete what the batch inserted, children first
         ours, undo = entity(name), _undo_table(client, name)
-        target = sql.Identifier(SCHEMA, name)
+        target = sql.Identifier(PRACTICE_SCHEMA, name)
         if _first_rows(conn, undo, ingestion_id):
             deleted = conn.execute(sql.SQL("delete from {} where client_id = %s").format(target), (client,)).rowcount
         else:

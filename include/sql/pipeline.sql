@@ -244,7 +244,7 @@ create unique index if not exists incidents_open_idx on pipeline.incidents (clie
 -- The kinds (clientflow.operations.incidents.KINDS); replaced as a whole when one is added.
 alter table pipeline.incidents drop constraint if exists incidents_kind_check;
 alter table pipeline.incidents add constraint incidents_kind_check
-    check (kind in ('failing', 'stale', 'backlog', 'failed_unreprocessed', 'incomplete'));
+    check (kind in ('failing', 'stale', 'backlog', 'failed_unreprocessed', 'incomplete', 'stuck'));
 
 -- How long each stage of each run took (clientflow.operations.timing): the status page and the
 -- metrics read it. transform is the span between ingest's end and validate's start, in which the

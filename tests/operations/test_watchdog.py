@@ -118,6 +118,40 @@ def test_an_upload_left_incomplete_alerts_once_and_recovers_when_the_retry_arriv
     assert [kind for kind, _ in mails].count("ALERT") == 1 and mails[-1][0] == "RECOVERED"
 
 
+def test_a_batch_left_processing_alerts_once_and_recovers_when_the_next_run_settles_it(settings: Any,
+                                                                                     smtp_mailbox: Path) -> None:
+    """A worker killed after dbt, its failure callback never run: the batch stays PROCESSING until a
+    run of the client settles it; the watchdog says so once, and recovers once it is settled."""
+    from clientflow import pipeline
+    from clientflow.operations import locks
+    from tests.support.practice import run_batch
+    from tests.support.transform import transform
+
+    mapping = mapping_for("watch_stuck", schedule=None, alerts={"stuck_after": "PT2H", "backlog_after": "PT12H",
+                                                                "failed_after": "PT48H"})
+    practice = Practice(settings, mapping.client)
+    today = datetime.now(UTC).date()
+    batch = pipeline.ingest(settings, mapping, practice.write(today - timedelta(days=1), "r1", tables(3)),
+                            airflow_run_id="manual__killed")
+    transform(settings, mapping, batch)
+    locks.release(settings.redis, batch.require_lock())  # as the lock's timeout would
+    before = len(read_mail(smtp_mailbox))
+    now = datetime.now(UTC)
+    assert watchdog.watch(settings, [mapping], _send, now=now) == []  # may still be running
+    said = watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=3))
+    assert [s.split(" (")[0] for s in said] == ["watch_stuck: stuck alert sent"]
+    assert "1 batch(es) PENDING or PROCESSING, unchanged for longer than 2.0 h" in said[0]
+    assert watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=4)) == []  # once per incident
+
+    run_batch(settings, mapping, practice.write(today, "r1", tables(3, "next")))  # settles the stuck one first
+    said = watchdog.watch(settings, [mapping], _send, now=now + timedelta(hours=5))
+    assert said == ["watch_stuck: stuck recovered"]
+    mails = _mine(smtp_mailbox, before, mapping.client)
+    assert mails == [("ALERT", "[clientflow] ALERT watch_stuck: batches stuck in flight"),
+                     ("RECOVERED", "[clientflow] RECOVERED watch_stuck: batches stuck in flight")]
+    assert "docs/runbook.md#stuck-batch" in body_of(read_mail(smtp_mailbox)[before])
+
+
 def test_an_alert_that_cannot_be_sent_is_tried_again_and_costs_no_other_client(settings: Any,
                                                                               smtp_mailbox: Path) -> None:
     first, second = (mapping_for(c, alerts={"stale_after": "PT1H"}) for c in ("watch_unsent", "watch_sent"))

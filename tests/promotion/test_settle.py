@@ -127,7 +127,7 @@ def test_a_run_that_died_after_dbt_is_undone_and_failed_by_the_next_run(settings
 
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED"
-        assert "put dummy production back" in ledger_detail(conn, batch.require_ingestion_id())
+        assert "ended without recording an outcome" in ledger_detail(conn, batch.require_ingestion_id())
         assert ledger.state_of(conn, later.require_ingestion_id()) == "SUCCESS"
     assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Name2-a",)
     assert_dummy_equals_production(settings, mapping.client)
@@ -159,4 +159,52 @@ def test_a_ledger_lost_after_production_committed_says_so_and_the_callback_recor
         assert ledger.state_of(conn, batch.require_ingestion_id()) == "SUCCESS"
         assert promotion.unsettled(conn, mapping.client) == []
     assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Renamed-two",)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_batch_left_before_dbt_is_failed_by_the_next_run_but_not_by_its_own_run_cleared(settings: Any) -> None:
+    """No undo rows (the worker died in ingest): another run's batch in flight is over once this run
+    holds the client's lock; the same Airflow run, cleared and run again, carries on with its batch."""
+    mapping = mapping_for("settle_early")
+    practice = Practice(settings, mapping.client)
+    found = practice.write(DAY, "r1", tables(3))
+    batch = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__one")
+    locks.release(settings.redis, batch.require_lock())  # killed after the raw load, before dbt
+
+    again = pipeline.ingest(settings, mapping, found, airflow_run_id="scheduled__one")  # the task cleared
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.history(conn, batch.require_ingestion_id()) == ["PENDING", "PROCESSING", "PENDING",
+                                                                        "PROCESSING"]
+    locks.release(settings.redis, again.require_lock())  # killed again
+
+    later = run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(3)),
+                      holder="scheduled__two")
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.state_of(conn, batch.require_ingestion_id()) == "FAILED"
+        assert "ended without recording an outcome" in ledger_detail(conn, batch.require_ingestion_id())
+        assert ledger.state_of(conn, later.require_ingestion_id()) == "SUCCESS"
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_restore_s_sync_leaves_nothing_for_the_next_run_to_undo(settings: Any) -> None:
+    """Dummy production copied from production (``clientflow restore``) must not be "put back" by a
+    failed run's undo rows afterwards."""
+    from clientflow.operations import restore
+
+    mapping = mapping_for("settle_restored")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
+    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
+                            airflow_run_id="manual__two")
+    transform(settings, mapping, batch)
+    blind = settings.model_copy(update={"production": settings.production.model_copy(update={"port": _closed_port()})})
+    pipeline.mark_failed(blind, batch, "promotion failed", airflow_run_id="manual__two")  # leaves its undo rows
+
+    with psycopg.connect(settings.staging.conninfo()) as staging, \
+            psycopg.connect(settings.production.conninfo()) as production:
+        restore.sync_dummy_production(staging, production, mapping.client)
+        assert promotion.unsettled(staging, mapping.client) == []
+    assert_dummy_equals_production(settings, mapping.client)
+
+    run_batch(settings, mapping, practice.write(DAY + timedelta(days=2), "r3", tables(4, "three")))
     assert_dummy_equals_production(settings, mapping.client)
