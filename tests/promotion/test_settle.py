@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from clientflow import pipeline, promotion
+from clientflow.batch import Batch
 from clientflow.errors import TransientError
 from clientflow.operations import ledger, locks
 from tests.support.practice import (
@@ -47,16 +48,27 @@ def _renamed(version: str) -> dict[str, list[dict[str, Any]]]:
     return data
 
 
-def test_a_failure_callback_without_production_leaves_the_batch_to_the_next_run(settings: Any) -> None:
-    mapping = mapping_for("settle_unasked")
+def _merged(settings: Any, client: str) -> tuple[Any, Practice, Batch, Batch]:
+    """A client's first batch promoted, then a second (P2 renamed) merged into dummy production by
+    a run ``manual__two`` that still holds the client's lock: (mapping, practice, first, second)."""
+    mapping = mapping_for(client)
     practice = Practice(settings, mapping.client)
     first = run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
     batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
                             airflow_run_id="manual__two")
-    transform(settings, mapping, batch)  # merged into dummy production
-    blind = settings.model_copy(update={"production": settings.production.model_copy(update={"port": _closed_port()})})
+    transform(settings, mapping, batch)
+    return mapping, practice, first, batch
 
-    pipeline.mark_failed(blind, batch, "promotion failed", airflow_run_id="manual__two")  # the callback
+
+def _blind(settings: Any) -> Any:
+    """The settings with production on a closed port: production cannot be asked anything."""
+    return settings.model_copy(update={"production": settings.production.model_copy(update={"port": _closed_port()})})
+
+
+def test_a_failure_callback_without_production_leaves_the_batch_to_the_next_run(settings: Any) -> None:
+    mapping, practice, first, batch = _merged(settings, "settle_unasked")
+
+    pipeline.mark_failed(_blind(settings), batch, "promotion failed", airflow_run_id="manual__two")  # the callback
 
     with psycopg.connect(settings.staging.conninfo()) as conn:
         row = conn.execute("select state, error from pipeline.batches where ingestion_id = %s",
@@ -79,12 +91,7 @@ def test_a_failure_callback_without_production_leaves_the_batch_to_the_next_run(
 
 
 def test_a_promotion_whose_run_died_before_the_ledger_knew_is_recorded_by_the_next_run(settings: Any) -> None:
-    mapping = mapping_for("settle_died")
-    practice = Practice(settings, mapping.client)
-    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
-    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
-                            airflow_run_id="manual__two")
-    transform(settings, mapping, batch)
+    mapping, practice, _first, batch = _merged(settings, "settle_died")
     pipeline.validate(settings, mapping, batch)
     lock = batch.require_lock()
     with psycopg.connect(settings.staging.conninfo()) as staging, \
@@ -115,12 +122,7 @@ def ledger_detail(conn: psycopg.Connection[Any], ingestion_id: str) -> str:
 def test_a_run_that_died_after_dbt_is_undone_and_failed_by_the_next_run(settings: Any) -> None:
     """No failure callback at all (the worker was killed, the lock expired): the next run puts dummy
     production back before its own merge and records the batch FAILED."""
-    mapping = mapping_for("settle_killed")
-    practice = Practice(settings, mapping.client)
-    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
-    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
-                            airflow_run_id="manual__two")
-    transform(settings, mapping, batch)
+    mapping, practice, _first, batch = _merged(settings, "settle_killed")
     locks.release(settings.redis, batch.require_lock())  # as the lock's timeout would
 
     later = run_batch(settings, mapping, practice.write(DAY + timedelta(days=2), "r3", tables(4)))
@@ -137,12 +139,7 @@ def test_a_ledger_lost_after_production_committed_says_so_and_the_callback_recor
         settings: Any, monkeypatch: Any) -> None:
     """The staging connection fails between production's commit and the ledger's: the error must not
     say that nothing was kept, and the failure callback finds this run's promotion in production."""
-    mapping = mapping_for("settle_lagging")
-    practice = Practice(settings, mapping.client)
-    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
-    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
-                            airflow_run_id="manual__two")
-    transform(settings, mapping, batch)
+    mapping, practice, _first, batch = _merged(settings, "settle_lagging")
     pipeline.validate(settings, mapping, batch)
 
     def connection_lost(*_args: Any, **_kwargs: Any) -> None:
@@ -191,14 +188,8 @@ def test_a_restore_s_sync_leaves_nothing_for_the_next_run_to_undo(settings: Any)
     failed run's undo rows afterwards."""
     from clientflow.operations import restore
 
-    mapping = mapping_for("settle_restored")
-    practice = Practice(settings, mapping.client)
-    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4)))
-    batch = pipeline.ingest(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", _renamed("two")),
-                            airflow_run_id="manual__two")
-    transform(settings, mapping, batch)
-    blind = settings.model_copy(update={"production": settings.production.model_copy(update={"port": _closed_port()})})
-    pipeline.mark_failed(blind, batch, "promotion failed", airflow_run_id="manual__two")  # leaves its undo rows
+    mapping, practice, _first, batch = _merged(settings, "settle_restored")
+    pipeline.mark_failed(_blind(settings), batch, "promotion failed", airflow_run_id="manual__two")  # leaves its undo rows
 
     with psycopg.connect(settings.staging.conninfo()) as staging, \
             psycopg.connect(settings.production.conninfo()) as production:
