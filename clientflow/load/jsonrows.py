@@ -15,6 +15,7 @@ How it keeps up with ``psql \\copy`` (docs/loader.md has the figures):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from itertools import chain
@@ -40,6 +41,37 @@ _BYTE_IN_MESSAGE = re.compile(r"\(byte (\d+)\)")
 _astuple = msgspec.structs.astuple
 _NULL_STRING = b'"null"'
 _DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
+_KEY_END = b'":'
+_QUOTE_THEN_SPACE = (b'" ', b'"\t', b'"\n', b'"\r')
+
+
+def _keys_surely_unique(text: bytes, rows: int, columns: int) -> bool:
+    """Whether no row of ``text`` (rows msgspec decoded with the manifest's ``columns`` keys) names
+    a key twice, told by counting bytes: msgspec keeps the last of a repeated key, silently.
+
+    Where no quote is followed by whitespace, every key's closing quote is followed by its colon,
+    so ``":`` occurs at least once per key: exactly ``rows * columns`` times means no key more.
+    More (a nested object's keys, a string starting with a colon or an escaped quote before
+    one) or a quote followed by whitespace leaves the answer to :func:`_duplicate_key`."""
+    return text.count(_KEY_END) == rows * columns and not any(q in text for q in _QUOTE_THEN_SPACE)
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _duplicate_key(text: bytes) -> tuple[int, str] | None:
+    """(index, key) of the first row of the JSON array ``text`` holding a top-level key twice.
+    ``text`` is valid JSON nesting no deeper than MAX_DEPTH (msgspec and RowFormat checked it);
+    numbers are left as text (a 5,000-digit integer is fine in data.json, not in ``int``)."""
+    rows = json.loads(text, object_pairs_hook=list, parse_int=_as_is, parse_float=_as_is, parse_constant=_as_is)
+    for index, pairs in enumerate(rows):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                return index, key
+            seen.add(key)
+    return None
 
 
 class HashingReader:
@@ -131,6 +163,16 @@ class RowFormat:
         if not self.checked and any(len(row) != len(self.known) or row.keys() != self.known for row in rows):
             raise msgspec.ValidationError("keys differ from the manifest's columns")
         return rows
+
+    def refuse_repeated_keys(self, text: bytes, rows: int, first: int) -> None:
+        """Refuse a row of ``text`` (a JSON array of the rows numbered from ``first``, or one row
+        object) that names a key twice: which of its values is the column's would be a guess."""
+        if _keys_surely_unique(text, rows, len(self.names)):
+            return
+        found = _duplicate_key(text if text[:1] != b"{" else b"".join((b"[", text, b"]")))
+        if found is not None:
+            raise BadInputError(f"row {first + found[0]} of data.json names this column twice: which of its "
+                                "values is the column's cannot be told", self._at(found[1]))
 
     def lines(self, rows: list[Any], first: int) -> bytes:
         """COPY text lines for ``rows``, numbered from ``first`` (the COPY reads ``null`` as NULL).
@@ -268,7 +310,9 @@ class RowStream:
                 break
             if not chunk and not first and not decoded:
                 break  # a comma before "]": let the scanner name the byte
-            yield self.fmt.lines(decoded, self.count + 1)
+            lines = self.fmt.lines(decoded, self.count + 1)  # refuses deep nesting first
+            self.fmt.refuse_repeated_keys(document, len(decoded), self.count + 1)
+            yield lines
             self.count += len(decoded)
             if not chunk:
                 return
@@ -318,6 +362,7 @@ class _Scanner:
                     start = self.pos
                     element = self._element(number)
                     rows.append(self.fmt.check(element, number, self.base + start))
+                    self.fmt.refuse_repeated_keys(element, 1, number)
                     expect_row = False
                 elif char == 0x5D and self.first and not rows and not self.parent.count:  # "[]"
                     break

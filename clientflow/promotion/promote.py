@@ -191,9 +191,13 @@ def promote(
     fence_token: int | None = None,
 ) -> tuple[list[PromotedCounts], datetime]:
     """Write the batch's changes of each entity, parents first, and record the promotion under the
-    run's ``fence_token`` (:func:`was_promoted`); the caller commits."""
+    run's ``fence_token`` (:func:`was_promoted`); the caller commits. If that run's promotion
+    committed already (a retry after the ledger could not record it), production is left as it is
+    and the recorded counts are returned."""
     where = Where(client=client, batch_date=batch_date.isoformat())
     set_tenant(production, client)  # row-level security: this client's rows, and only them
+    if fence_token is not None and (earlier := _promoted_before(production, client, ingestion_id, fence_token)):
+        return earlier  # a retry of this run, whose promotion committed before its ledger write failed
     production.execute("set local session_replication_role = replica")
     row = production.execute("select clock_timestamp()").fetchone()
     assert row is not None
@@ -204,14 +208,30 @@ def promote(
         offered, inserted, updated = _promote_entity(staging, production, name, client, ingestion_id, where)
         results.append(PromotedCounts(name, offered, inserted, updated))
     production.execute(
-        "insert into practice.promotions (client_id, ingestion_id, batch_date, promoted_at, rows_written, fence_token) "
-        "values (%s, %s, %s, %s, %s, %s) on conflict (client_id, ingestion_id) do update set "
-        "promoted_at = excluded.promoted_at, rows_written = excluded.rows_written, fence_token = excluded.fence_token",
+        "insert into practice.promotions (client_id, ingestion_id, batch_date, promoted_at, rows_written, fence_token, "
+        "counts) values (%s, %s, %s, %s, %s, %s, %s) on conflict (client_id, ingestion_id) do update set "
+        "promoted_at = excluded.promoted_at, rows_written = excluded.rows_written, fence_token = excluded.fence_token, "
+        "counts = excluded.counts",
         (client, ingestion_id, batch_date, promoted_at,
-         json.dumps({c.entity: c.inserted + c.updated for c in results}), fence_token),
+         json.dumps({c.entity: c.inserted + c.updated for c in results}), fence_token,
+         json.dumps({c.entity: {"offered": c.offered, "inserted": c.inserted, "updated": c.updated} for c in results})),
     )
     production.execute("set local session_replication_role = origin")
     return results, promoted_at
+
+
+def _promoted_before(production: psycopg.Connection[Any], client: str, ingestion_id: str,
+                     fence_token: int) -> tuple[list[PromotedCounts], datetime] | None:
+    """The counts and time of the promotion that the run holding ``fence_token`` committed already,
+    if it did (and recorded its counts: rows of before the ``counts`` column have none)."""
+    row = production.execute("select counts, promoted_at from practice.promotions where client_id = %s "
+                             "and ingestion_id = %s and fence_token = %s and counts is not null",
+                             (client, ingestion_id, fence_token)).fetchone()
+    if row is None:
+        return None
+    counts = [PromotedCounts(name, int(c["offered"]), int(c["inserted"]), int(c["updated"]))
+              for name, c in row[0].items()]
+    return sorted(counts, key=lambda c: ENTITY_ORDER.index(c.entity)), row[1]
 
 
 def was_promoted(production: psycopg.Connection[Any], client: str, ingestion_id: str, fence_token: int) -> bool:

@@ -119,7 +119,9 @@ create index if not exists procedures_batch_idx on procedures (ingestion_id);
 -- batch rather than a value rewritten on every row the batch wrote. fence_token is the client
 -- lock's token of the run that promoted it last: a batch promoted once and re-offered has a row
 -- here before its new run promotes, and only the token tells whether this run's promotion
--- committed.
+-- committed. counts holds the promotion's figures per entity (offered, inserted, updated): a retry
+-- of the same run after production committed (its ledger write failed) reads them instead of
+-- merging again, which would find every row unchanged and record zeros.
 create table if not exists promotions (
     client_id      text        not null check (client_id ~ '^[a-z][a-z0-9_]*$' and length(client_id) <= 40),
     ingestion_id   text        not null,
@@ -127,9 +129,11 @@ create table if not exists promotions (
     promoted_at    timestamptz not null,
     rows_written   jsonb       not null,
     fence_token    bigint,
+    counts         jsonb,
     primary key (client_id, ingestion_id)
 );
 alter table promotions add column if not exists fence_token bigint;  -- databases made before it
+alter table promotions add column if not exists counts jsonb;        -- databases made before it
 
 -- Neither the promoter (production) nor dbt's role (dummy production, the staging database's copy
 -- of this file) owns a table, so neither may ANALYZE one. After a client's first load (or any large

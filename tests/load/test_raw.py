@@ -170,6 +170,18 @@ def test_a_later_batch_adds_new_columns_and_keeps_earlier_rows(scratch_db: str) 
     assert stored(scratch_db, ["a", "b"]) == [("2", '{"x": 1}')]
 
 
+def test_a_column_respelt_in_case_by_a_later_batch_gets_its_own_column(scratch_db: str) -> None:
+    """As a renamed column does: each batch's values stay under the spelling it sent (dbt reads the
+    one the mapping names; the drift check stops a mapped column's new spelling until the mapping
+    names it), and no batch's values move into another's column."""
+    first = extractor_layout([{"PatID": "1"}])
+    load(scratch_db, first, manifest(first, 1, columns("PatID")), ingestion_id="batch-1")
+    second = extractor_layout([{"patid": "2"}])
+    load(scratch_db, second, manifest(second, 1, columns("patid")))
+    assert stored(scratch_db, ["PatID", "patid"], ingestion_id="batch-1") == [("1", None)]
+    assert stored(scratch_db, ["PatID", "patid"]) == [(None, "2")]
+
+
 def test_a_load_s_statistics_know_its_batch(scratch_db: str) -> None:
     """After a load, the raw table's statistics hold its row count and the batches' share of it
     (what the staging models filter on)."""
@@ -255,6 +267,41 @@ def test_extra_or_missing_keys_are_refused(scratch_db: str, path: str, extra: st
     data = two_rows(extra) if extra else missing
     error = refused(scratch_db, data, manifest(data, 2, AB), secrets=[SECRET, "SECRET"])
     assert "row 2" in error.message and expect in error.message
+
+
+@pytest.mark.parametrize("row", [
+    b'{"a":"%s","b":"x","a":"y"}',  # the last would win
+    b'{"a" : "%s", "b" : "x", "a" : "y"}',  # spaced: the colons do not follow the quotes
+    b'{"a":"%s","b":"x","\\u0061":"y"}',  # the same key, escaped
+    b'{"a":":%s","b":{"a":1},"a":"y"}',  # beside a nested object and a value starting with a colon
+])
+def test_a_key_named_twice_is_refused(scratch_db: str, path: str, row: bytes) -> None:
+    data = b'[\n{"a":"ok","b":"x"},\n%s\n]\n' % (row % SECRET.encode())
+    error = refused(scratch_db, data, manifest(data, 2, AB), secrets=[SECRET, "SECRET"])
+    assert "row 2" in error.message and "names this column twice" in error.message and "column=a" in str(error)
+
+
+def test_a_key_named_twice_is_refused_where_names_hold_quotes(scratch_db: str, path: str) -> None:
+    data = b'[\n{"q\\"x":"%s","b":"x","q\\"x":"y"}\n]\n' % SECRET.encode()
+    error = refused(scratch_db, data, manifest(data, 1, columns('q"x', "b")), secrets=[SECRET])
+    assert "row 1" in error.message and "names this column twice" in error.message
+
+
+@pytest.mark.parametrize("layout", [extractor_layout, as_pretty])
+def test_values_that_look_like_keys_load(scratch_db: str, path: str, layout: Any) -> None:
+    """Counting key ends over-counts these; the careful check then finds every key once."""
+    rows = [{"a": ':"b":', "b": {"a": 1, "a2": {"b": None}}}, {"a": '" :x', "b": ["\":"]}]
+    data = layout(rows)
+    cols = columns("a") + columns("b", encoding="json")
+    load(scratch_db, data, manifest(data, 2, cols))
+    assert [r[0] for r in stored(scratch_db, ["a"])] == [':"b":', '" :x']
+
+
+def test_a_key_repeated_inside_a_jsonb_value_is_postgresql_s_to_read(scratch_db: str, path: str) -> None:
+    """Only a row's own keys name columns; inside a jsonb value PostgreSQL keeps the last, as always."""
+    data = b'[\n{"a":"ok","b":{"k":1,"k":2}}\n]\n'
+    load(scratch_db, data, manifest(data, 1, columns("a") + columns("b", encoding="json")))
+    assert stored(scratch_db, ["b"]) == [('{"k": 2}',)]
 
 
 @pytest.mark.parametrize("depth", [65, 500, 10_000, 100_000])

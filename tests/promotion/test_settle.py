@@ -14,6 +14,7 @@ import pytest
 
 from clientflow import pipeline, promotion
 from clientflow.batch import Batch
+from clientflow.db import set_tenant
 from clientflow.errors import TransientError
 from clientflow.operations import ledger, locks
 from tests.support.practice import (
@@ -155,6 +156,39 @@ def test_a_ledger_lost_after_production_committed_says_so_and_the_callback_recor
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert ledger.state_of(conn, batch.require_ingestion_id()) == "SUCCESS"
         assert promotion.unsettled(conn, mapping.client) == []
+    assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Renamed-two",)
+    assert_dummy_equals_production(settings, mapping.client)
+
+
+def test_a_retry_after_the_ledger_was_lost_records_the_promotion_s_own_counts(
+        settings: Any, monkeypatch: Any) -> None:
+    """Airflow retries the promote task whose production committed: the retry writes nothing again
+    and records the first attempt's figures (a second merge would find every row unchanged and
+    record zeros in the ledger and in production's promotions)."""
+    mapping, _practice, _first, batch = _merged(settings, "settle_retried")
+    pipeline.validate(settings, mapping, batch)
+
+    def connection_lost(*_args: Any, **_kwargs: Any) -> None:
+        raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger, "record_promoted", connection_lost)
+        with pytest.raises(TransientError):
+            pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")
+
+    summary = pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")  # the task's retry
+
+    assert summary["patients"] == {"offered": 1, "inserted": 0, "updated": 1, "unchanged": 0}
+    with psycopg.connect(settings.staging.conninfo()) as conn:
+        assert ledger.state_of(conn, batch.require_ingestion_id()) == "SUCCESS"
+        recorded = conn.execute("select promoted from pipeline.batches where ingestion_id = %s",
+                                (batch.ingestion_id,)).fetchone()[0]
+        assert recorded == summary and promotion.unsettled(conn, mapping.client) == []
+    with psycopg.connect(settings.production.conninfo()) as conn:
+        set_tenant(conn, mapping.client, local=False)
+        written = conn.execute("select rows_written from practice.promotions where ingestion_id = %s",
+                               (batch.ingestion_id,)).fetchone()[0]
+    assert written["patients"] == 1
     assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Renamed-two",)
     assert_dummy_equals_production(settings, mapping.client)
 
