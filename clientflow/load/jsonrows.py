@@ -41,19 +41,13 @@ _BYTE_IN_MESSAGE = re.compile(r"\(byte (\d+)\)")
 _astuple = msgspec.structs.astuple
 _NULL_STRING = b'"null"'
 _DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
-_KEY_END = b'":'
-_QUOTE_THEN_SPACE = (b'" ', b'"\t', b'"\n', b'"\r')
 
 
-def _keys_surely_unique(text: bytes, rows: int, columns: int) -> bool:
-    """Whether no row of ``text`` (rows msgspec decoded with the manifest's ``columns`` keys) names
-    a key twice, told by counting bytes: msgspec keeps the last of a repeated key, silently.
-
-    Where no quote is followed by whitespace, every key's closing quote is followed by its colon,
-    so ``":`` occurs at least once per key: exactly ``rows * columns`` times means no key more.
-    More (a nested object's keys, a string starting with a colon or an escaped quote before
-    one) or a quote followed by whitespace leaves the answer to :func:`_duplicate_key`."""
-    return text.count(_KEY_END) == rows * columns and not any(q in text for q in _QUOTE_THEN_SPACE)
+def _key_bytes(name: str) -> int:
+    """The fewest bytes a JSON text of the key ``name`` takes: its UTF-8 and quotes, and a
+    backslash before each quote or backslash (control characters are refused in names; an escape
+    is never shorter than the UTF-8 it stands for)."""
+    return 2 + len(name.encode("utf-8")) + name.count('"') + name.count("\\")
 
 
 def _as_is(text: str) -> str:
@@ -156,6 +150,8 @@ class RowFormat:
             self.one = msgspec.json.Decoder(struct)
             self.values = _astuple
             self.checked = True  # msgspec refuses unknown and missing keys itself
+        # The bytes of one row written compactly, less its values: braces, keys, colons, commas.
+        self.frame = 2 + sum(_key_bytes(n) + 1 for n in names) + len(names) - 1
 
     def decode(self, document: Any) -> list[Any]:
         """All rows of a slice; raises a msgspec error if any is not an object with the right keys."""
@@ -164,18 +160,42 @@ class RowFormat:
             raise msgspec.ValidationError("keys differ from the manifest's columns")
         return rows
 
-    def refuse_repeated_keys(self, text: bytes, rows: int, first: int) -> None:
-        """Refuse a row of ``text`` (a JSON array of the rows numbered from ``first``, or one row
-        object) that names a key twice: which of its values is the column's would be a guess."""
-        if _keys_surely_unique(text, rows, len(self.names)):
+    def refuse_repeated_keys(self, text: bytes, rows: list[Any], first: int,
+                             sizes: tuple[int, int] | None = None) -> None:
+        """Refuse a row of ``text`` (the JSON array of ``rows``, numbered from ``first``, or one row
+        object) that names a key twice: msgspec keeps the last value, and which one is the
+        column's would be a guess.
+
+        Told by counting bytes (``sizes``: the bytes of the rows' values, and the newlines among
+        them; :meth:`lines_sized` has them): ``text`` minus the compact rows it decoded into leaves
+        its whitespace and, for each key named twice, at least six bytes more. Newlines outside
+        values are whitespace, and the extractor writes no other: if what is left is exactly the
+        newlines outside values, no key is named twice. Any other layout is checked key by key
+        with Python's json module, about ten times slower (docs/loader.md)."""
+        if sizes is None:
+            sizes = self._sizes(list(map(b"\t".join, map(self.values, rows))), plain=False)
+        framing = 2 + max(len(rows) - 1, 0) if text[:1] == b"[" else 0  # brackets and commas
+        spare = len(text) - framing - len(rows) * self.frame - sizes[0]
+        if spare == text.count(b"\n") - sizes[1]:
             return
-        found = _duplicate_key(text if text[:1] != b"{" else b"".join((b"[", text, b"]")))
+        found = _duplicate_key(text if text[:1] == b"[" else b"".join((b"[", text, b"]")))
         if found is not None:
             raise BadInputError(f"row {first + found[0]} of data.json names this column twice: which of its "
                                 "values is the column's cannot be told", self._at(found[1]))
 
+    def _sizes(self, joined: list[bytes], *, plain: bool) -> tuple[int, int]:
+        """The bytes of the values in ``joined`` (each row's values' JSON text joined by tabs) and
+        how many of them are newlines: only a nested value's whitespace can be one, so none if
+        the rows are ``plain`` (no object or array)."""
+        size = sum(map(len, joined)) - len(joined) * (len(self.names) - 1)
+        return size, 0 if plain else sum(line.count(b"\n") for line in joined)
+
     def lines(self, rows: list[Any], first: int) -> bytes:
-        """COPY text lines for ``rows``, numbered from ``first`` (the COPY reads ``null`` as NULL).
+        """COPY text lines for ``rows``, numbered from ``first`` (the COPY reads ``null`` as NULL)."""
+        return self.lines_sized(rows, first)[0]
+
+    def lines_sized(self, rows: list[Any], first: int) -> tuple[bytes, tuple[int, int]]:
+        """:meth:`lines`, and the sizes of the rows' values that :meth:`refuse_repeated_keys` needs.
 
         A batch without a backslash, brace or bracket holds only numbers, literals, nulls and
         strings without escapes: their JSON text joined by tabs, less the quotes, is exactly the
@@ -184,14 +204,16 @@ class RowFormat:
         """
         joined = list(map(b"\t".join, map(self.values, rows)))
         data = self._join(joined, first)
-        if not (self.any_jsonb or b"\\" in data or b"{" in data or b"[" in data or _NULL_STRING in data):
-            return data.translate(None, b'"')
+        nested = b"{" in data or b"[" in data
+        sizes = self._sizes(joined, plain=not nested)
+        if not (self.any_jsonb or b"\\" in data or nested or _NULL_STRING in data):
+            return data.translate(None, b'"'), sizes
         for i, line in enumerate(joined):
             if self.any_jsonb or b"\\" in line or b"{" in line or b"[" in line or _NULL_STRING in line:
                 joined[i] = self._fix(self.values(rows[i]), first + i)
             else:
                 joined[i] = line.translate(None, b'"')
-        return self._join(joined, first)
+        return self._join(joined, first), sizes
 
     @staticmethod
     def _join(joined: list[bytes], first: int) -> bytes:
@@ -310,8 +332,8 @@ class RowStream:
                 break
             if not chunk and not first and not decoded:
                 break  # a comma before "]": let the scanner name the byte
-            lines = self.fmt.lines(decoded, self.count + 1)  # refuses deep nesting first
-            self.fmt.refuse_repeated_keys(document, len(decoded), self.count + 1)
+            lines, sizes = self.fmt.lines_sized(decoded, self.count + 1)  # refuses deep nesting first
+            self.fmt.refuse_repeated_keys(document, decoded, self.count + 1, sizes)
             yield lines
             self.count += len(decoded)
             if not chunk:
@@ -362,7 +384,7 @@ class _Scanner:
                     start = self.pos
                     element = self._element(number)
                     rows.append(self.fmt.check(element, number, self.base + start))
-                    self.fmt.refuse_repeated_keys(element, 1, number)
+                    self.fmt.refuse_repeated_keys(element, rows[-1:], number)
                     expect_row = False
                 elif char == 0x5D and self.first and not rows and not self.parent.count:  # "[]"
                     break

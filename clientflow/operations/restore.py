@@ -34,7 +34,7 @@ from clientflow.config import PipelineSettings
 from clientflow.db import relay_copy, set_tenant
 from clientflow.entities import ENTITY_ORDER, PRACTICE_SCHEMA, entity
 from clientflow.operations import ledger, locks
-from clientflow.promotion.undo import forget_undo, unsettled
+from clientflow.promotion.undo import forget_undo
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def sync_dummy_production(staging: psycopg.Connection[Any], production: psycopg.
         row = staging.execute(sql.SQL("select count(*) from {} where client_id = %s").format(table),
                               (client,)).fetchone()
         copied[name] = int(row[0]) if row else 0
-    for ingestion_id in unsettled(staging, client):  # dummy production is production's now: nothing to undo
-        forget_undo(staging, client, ingestion_id)
+    forget_undo(staging, client, None)  # dummy production is production's now: nothing to undo
     return copied
 
 

@@ -90,7 +90,7 @@ def undo_batch(conn: psycopg.Connection[Any], client: str, ingestion_id: str) ->
                 "where u.undo_for = %s and not u.existed and d.client_id = %s and d.{key} = u.undo_key"
             ).format(target=target, undo=undo, key=sql.Identifier(ours.key)), (ingestion_id, client)).rowcount
         restored[name] = restored.get(name, 0) + deleted
-        conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))
+        _forget(conn, undo, ingestion_id)
     return restored
 
 
@@ -105,9 +105,17 @@ def unsettled(conn: psycopg.Connection[Any], client: str) -> list[str]:
     return sorted(found)
 
 
-def forget_undo(conn: psycopg.Connection[Any], client: str, ingestion_id: str) -> None:
-    """Drop the batch's undo rows once production holds it: nothing is left to undo."""
+def forget_undo(conn: psycopg.Connection[Any], client: str, ingestion_id: str | None) -> None:
+    """Drop the batch's undo rows once production holds it: nothing is left to undo. ``None``
+    drops every batch's of the client (dummy production was just copied from production)."""
     for name in ENTITY_ORDER:
         undo = _undo_table(client, name)
         if _exists(conn, undo):
-            conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))
+            _forget(conn, undo, ingestion_id)
+
+
+def _forget(conn: psycopg.Connection[Any], undo: sql.Identifier, ingestion_id: str | None) -> None:
+    if ingestion_id is None:
+        conn.execute(sql.SQL("delete from {}").format(undo))
+    else:
+        conn.execute(sql.SQL("delete from {} where undo_for = %s").format(undo), (ingestion_id,))

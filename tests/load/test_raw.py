@@ -281,6 +281,15 @@ def test_a_key_named_twice_is_refused(scratch_db: str, path: str, row: bytes) ->
     assert "row 2" in error.message and "names this column twice" in error.message and "column=a" in str(error)
 
 
+@pytest.mark.parametrize("separator", [b",", b",\r\n", b", "])
+def test_a_key_named_twice_is_refused_in_any_layout(scratch_db: str, path: str, separator: bytes) -> None:
+    """Whitespace the extractor never writes (or none at all) cannot hide a repeated key's bytes."""
+    rows = [b'{"a":"ok","b":"x"}'] * 6 + [b'{"a":"%s","b":"x","a":"y"}' % SECRET.encode()]
+    data = b"[" + separator.join(rows) + b"]"
+    error = refused(scratch_db, data, manifest(data, 7, AB), secrets=[SECRET])
+    assert "row 7" in error.message and "names this column twice" in error.message
+
+
 def test_a_key_named_twice_is_refused_where_names_hold_quotes(scratch_db: str, path: str) -> None:
     data = b'[\n{"q\\"x":"%s","b":"x","q\\"x":"y"}\n]\n' % SECRET.encode()
     error = refused(scratch_db, data, manifest(data, 1, columns('q"x', "b")), secrets=[SECRET])
