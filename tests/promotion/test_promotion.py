@@ -8,6 +8,7 @@ the killed promotion is a real pg_terminate_backend of the production connection
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from datetime import date, timedelta
@@ -27,6 +28,7 @@ from tests.support.practice import (
     mapping_for,
     production_rows,
     run_batch,
+    snapshot,
     tables,
 )
 from tests.support.transform import as_transformer, transform
@@ -140,6 +142,36 @@ def test_a_change_set_a_crash_emptied_after_validation_stops_the_promotion(setti
     run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", tables(25, "two")))  # again
     assert production_rows(settings, mapping.client, "patients", "last_name")["P22"] == ("Name22-two",)
     assert_dummy_equals_production(settings, mapping.client)
+
+
+@pytest.mark.parametrize("small_change_set", [200_000, 0], ids=["changed_keys_checked", "every_row_checked"])
+@pytest.mark.parametrize("change", ["new_child", "child_moved"])
+def test_a_child_naming_a_parent_production_lacks_stops_the_promotion(settings: Any, admin_dsn: str,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      change: str, small_change_set: int) -> None:
+    """Production's foreign keys are checked by the promotion (its per-row triggers are off): a row
+    the batch adds, or a row whose patient the batch changes, naming a patient production lacks
+    stops the batch, production unchanged. A small change set checks only such rows; a large one
+    every row. Production is made to lack P2 by hand (dummy production still holds it)."""
+    monkeypatch.setattr(sys.modules["clientflow.promotion.promote"], "SMALL_CHANGE_SET", small_change_set)
+    mapping = mapping_for(f"orphan_{change}_{small_change_set}")
+    practice = Practice(settings, mapping.client)
+    run_batch(settings, mapping, practice.write(DAY, "r1", tables(4, "one")))
+    with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=settings.production.dbname)) as admin:
+        admin.execute("delete from practice.appointments where client_id = %s and patient_id = 'P2'", (mapping.client,))
+        admin.execute("delete from practice.patients where client_id = %s and patient_id = 'P2'", (mapping.client,))
+    before = snapshot(settings.production.conninfo(), mapping.client)
+    second = tables(4, "one")
+    visits = second[TABLES["appointments"]]
+    if change == "new_child":
+        visits.append({**visits[2], "appt_id": "A9"})  # P2's
+    else:
+        visits[0]["pt_id"] = "P2"  # A0 moves from P0 to P2; A2 is unchanged
+
+    with pytest.raises(PermanentError, match=r"1 row\(s\) of appointments\.patient_id refer to no patients row "
+                                             r"in production; the promotion was rolled back"):
+        run_batch(settings, mapping, practice.write(DAY + timedelta(days=1), "r2", second))
+    assert snapshot(settings.production.conninfo(), mapping.client) == before
 
 
 @pytest.mark.parametrize("nested_loop_max_rows", [0, 200_000], ids=["hash_joins", "index_lookups"])
