@@ -94,14 +94,16 @@ class RedisSettings(BaseModel):
     def from_connection(cls, host: str | None, port: int | str | None, password: str | None,
                         extra: dict[str, Any] | None = None) -> RedisSettings:
         """From an Airflow Redis connection: extras ``db``, and ``ssl`` (true: TLS, ``rediss://``)
-        with ``ssl_ca_certs``, as the Redis provider names them; ``lock_timeout_seconds`` (ours)."""
+        with ``ssl_ca_certs``, as the Redis provider names them; ``lock_timeout_seconds`` and
+        ``key_prefix`` (ours: deployments that share a Redis database keep their keys apart)."""
         extra = extra or {}
         tls = str(extra.get("ssl", "")).lower() in ("1", "true", "yes")
         auth = f":{password}@" if password else ""
         url = f"{'rediss' if tls else 'redis'}://{auth}{host or '127.0.0.1'}:{port or 6379}/{extra.get('db', 0)}"
         timeout = int(extra.get("lock_timeout_seconds") or cls.model_fields["lock_timeout_seconds"].default)
         return cls(url=SecretStr(url), ssl_ca_certs=extra.get("ssl_ca_certs") if tls else None,
-                   lock_timeout_seconds=timeout)
+                   lock_timeout_seconds=timeout,
+                   key_prefix=str(extra.get("key_prefix") or cls.model_fields["key_prefix"].default))
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of ``redis.Redis.from_url`` besides the URL."""

@@ -45,6 +45,7 @@ os.environ.update(
         "CLIENTFLOW_SMTP_PORT": str(SMTP_PORT),
         "CLIENTFLOW_BUCKET": f"landing-{SESSION}",
         "CLIENTFLOW_REDIS_DB": "13",
+        "CLIENTFLOW_REDIS_KEY_PREFIX": f"clientflow-test-{SESSION}",  # test sessions may share the database
         "AIRFLOW_HOME": str(TMP / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
@@ -123,17 +124,16 @@ def staging_owner(databases: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(s3_server: str, databases: dict[str, str]) -> Any:
+def settings(s3_server: str, databases: dict[str, str]) -> Iterator[Any]:
     from clientflow.config import PipelineSettings, PostgresSettings, RedisSettings, S3Settings
 
     s3 = S3Settings(bucket=os.environ["CLIENTFLOW_BUCKET"], endpoint_url=s3_server,
                     access_key_id="local-access-key", secret_access_key="local-secret-key")
     s3.client().create_bucket(Bucket=s3.bucket)
-    redis_settings = RedisSettings(url="redis://127.0.0.1:6379/13")
-    import redis
-
-    redis.Redis.from_url("redis://127.0.0.1:6379/13").flushdb()
-    return PipelineSettings(
+    # Keys of this session's own (two clones' test sessions may share one Redis; the DAGs run by
+    # dag.test() read the same prefix from airflow_settings.yaml), removed at the end.
+    redis_settings = RedisSettings(url="redis://127.0.0.1:6379/13", key_prefix=os.environ["CLIENTFLOW_REDIS_KEY_PREFIX"])
+    yield PipelineSettings(
         staging=PostgresSettings(dbname=databases["staging"], user="clientflow_loader",
                                  password="local-only-loader"),
         production=PostgresSettings(dbname=databases["production"], user="clientflow_promoter",
@@ -141,6 +141,11 @@ def settings(s3_server: str, databases: dict[str, str]) -> Any:
         s3=s3,
         redis=redis_settings,
     )
+    import redis
+
+    with redis.Redis.from_url("redis://127.0.0.1:6379/13") as server:
+        for key in server.scan_iter(match=f"{redis_settings.key_prefix}:*"):
+            server.delete(key)
 
 
 @pytest.fixture(scope="session")

@@ -21,3 +21,13 @@ def test_every_connection_the_pipeline_reads_is_defined() -> None:
     for conn_id in ConnectionIds().model_dump().values():
         value = json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])
         assert value["conn_type"]
+
+
+def test_the_redis_connection_names_its_key_prefix() -> None:
+    """Deployments (and test sessions) that share one Redis database keep their locks apart."""
+    from clientflow.config import RedisSettings
+
+    for env, prefix in (({}, "clientflow"), ({"CLIENTFLOW_REDIS_KEY_PREFIX": "acme"}, "acme")):
+        redis = connections(env=env)["clientflow_redis"]
+        settings = RedisSettings.from_connection(redis.get("host"), redis.get("port"), None, redis["extra"])
+        assert settings.key_prefix == prefix

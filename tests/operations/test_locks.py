@@ -138,7 +138,7 @@ from pydantic import SecretStr
 from clientflow.config import RedisSettings
 from clientflow.operations import locks
 # model_construct: a 3 s timeout (real settings require at least 10 s) keeps the test short.
-short = RedisSettings.model_construct(url=SecretStr(os.environ["REDIS"]), key_prefix="clientflow",
+short = RedisSettings.model_construct(url=SecretStr(os.environ["REDIS"]), key_prefix=os.environ["PREFIX"],
                                       lock_timeout_seconds=3)
 with psycopg.connect(os.environ["STAGING"]) as conn:
     locks.acquire(short, conn, "lock_crash", "crasher")
@@ -147,7 +147,8 @@ os._exit(9)  # killed without releasing anything
 
 
 def test_lock_of_a_crashed_run_expires(settings: Any) -> None:
-    env = {**os.environ, "STAGING": settings.staging.conninfo(), "REDIS": settings.redis.url.get_secret_value()}
+    env = {**os.environ, "STAGING": settings.staging.conninfo(), "REDIS": settings.redis.url.get_secret_value(),
+           "PREFIX": settings.redis.key_prefix}
     done = subprocess.run([sys.executable, "-c", _CRASH], env=env, cwd=os.getcwd(), timeout=60)
     assert done.returncode == 9
     ttl = _redis(settings).ttl(_lock_key(settings, "lock_crash"))
