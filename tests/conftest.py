@@ -143,7 +143,7 @@ def settings(s3_server: str, databases: dict[str, str]) -> Iterator[Any]:
     )
     import redis
 
-    with redis.Redis.from_url("redis://127.0.0.1:6379/13") as server:
+    with redis.Redis.from_url(redis_settings.url.get_secret_value()) as server:
         for key in server.scan_iter(match=f"{redis_settings.key_prefix}:*"):
             server.delete(key)
 

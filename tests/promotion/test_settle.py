@@ -66,6 +66,22 @@ def _blind(settings: Any) -> Any:
     return settings.model_copy(update={"production": settings.production.model_copy(update={"port": _closed_port()})})
 
 
+def _promoted_without_the_ledger(settings: Any, monkeypatch: Any, client: str) -> tuple[Any, Batch, TransientError]:
+    """The second batch of :func:`_merged`, promoted by ``manual__two`` with the staging connection
+    lost between production's commit and the ledger's: (mapping, batch, the promotion's error)."""
+    mapping, _practice, _first, batch = _merged(settings, client)
+    pipeline.validate(settings, mapping, batch)
+
+    def connection_lost(*_args: Any, **_kwargs: Any) -> None:
+        raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger, "record_promoted", connection_lost)
+        with pytest.raises(TransientError) as caught:
+            pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")
+    return mapping, batch, caught.value
+
+
 def test_a_failure_callback_without_production_leaves_the_batch_to_the_next_run(settings: Any) -> None:
     mapping, practice, first, batch = _merged(settings, "settle_unasked")
 
@@ -140,19 +156,10 @@ def test_a_ledger_lost_after_production_committed_says_so_and_the_callback_recor
         settings: Any, monkeypatch: Any) -> None:
     """The staging connection fails between production's commit and the ledger's: the error must not
     say that nothing was kept, and the failure callback finds this run's promotion in production."""
-    mapping, practice, _first, batch = _merged(settings, "settle_lagging")
-    pipeline.validate(settings, mapping, batch)
+    mapping, batch, error = _promoted_without_the_ledger(settings, monkeypatch, "settle_lagging")
+    assert "production holds the batch" in str(error) and "nothing was committed" not in str(error)
 
-    def connection_lost(*_args: Any, **_kwargs: Any) -> None:
-        raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(ledger, "record_promoted", connection_lost)
-        with pytest.raises(TransientError) as caught:
-            pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")
-    assert "production holds the batch" in str(caught.value) and "nothing was committed" not in str(caught.value)
-
-    pipeline.mark_failed(settings, batch, type(caught.value).__name__, airflow_run_id="manual__two")  # the callback
+    pipeline.mark_failed(settings, batch, type(error).__name__, airflow_run_id="manual__two")  # the callback
     with psycopg.connect(settings.staging.conninfo()) as conn:
         assert ledger.state_of(conn, batch.require_ingestion_id()) == "SUCCESS"
         assert promotion.unsettled(conn, mapping.client) == []
@@ -165,16 +172,7 @@ def test_a_retry_after_the_ledger_was_lost_records_the_promotion_s_own_counts(
     """Airflow retries the promote task whose production committed: the retry writes nothing again
     and records the first attempt's figures (a second merge would find every row unchanged and
     record zeros in the ledger and in production's promotions)."""
-    mapping, _practice, _first, batch = _merged(settings, "settle_retried")
-    pipeline.validate(settings, mapping, batch)
-
-    def connection_lost(*_args: Any, **_kwargs: Any) -> None:
-        raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(ledger, "record_promoted", connection_lost)
-        with pytest.raises(TransientError):
-            pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")
+    mapping, batch, _error = _promoted_without_the_ledger(settings, monkeypatch, "settle_retried")
 
     summary = pipeline.promote(settings, mapping, batch, airflow_run_id="manual__two")  # the task's retry
 
