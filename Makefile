@@ -35,11 +35,14 @@ demo: install
 	scripts/demo.sh
 
 # Temporary files of the tests (and of Airflow, dbt and PyInstaller under them) stay in the clone.
+# The suite runs in TEST_WORKERS processes (pytest-xdist; one test file stays in one process, in
+# order), each a test session of its own: its own databases, bucket, ports and Redis key prefix.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : (n > 4 ? 4 : n) )))
 test: install
 	scripts/stack.sh services
 	$(MAKE) --no-print-directory lint
 	mkdir -p .cache/tmp
-	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # What users do on the running stack (the scheduler and triggerer, bucket events): starts the
 # stack if needed and leaves it running (make down stops it).

@@ -1,8 +1,9 @@
 """Create the staging and production databases, their least-privilege roles, and their schemas.
 
-Idempotent: running it again changes nothing. Production DDL (``include/sql/production.sql``) is
-applied verbatim to production's ``practice`` schema and to staging's ``practice`` schema (the
-dummy production), so both always have the same tables and constraints.
+Idempotent: running it again changes nothing; two at once take turns (``BOOTSTRAP_LOCK``).
+Production DDL (``include/sql/production.sql``) is applied verbatim to production's ``practice``
+schema and to staging's ``practice`` schema (the dummy production), so both always have the same
+tables and constraints.
 
 Each database records the version of the DDL it was built with (a hash of the SQL files, in the
 database's comment). ``--reset-outdated`` (the local stack) drops and rebuilds databases built by
@@ -161,17 +162,30 @@ def _grant_production(conn: psycopg.Connection[Any], production_db: str) -> None
     conn.execute(sql.SQL("grant execute on function {}.refresh_statistics(text) to {}").format(practice, promoter))
 
 
+BOOTSTRAP_LOCK = 0x636C_6965_6E74
+"""The advisory lock (in the admin connection's database) that bootstraps take in turn. Roles,
+their passwords and the parameter grant are the cluster's, not one database's: two bootstraps at
+once (parallel test workers, two checkouts' stacks, a container's init beside a person) would
+race on them ("tuple concurrently updated", a role created twice)."""
+
+
 def bootstrap(admin_dsn: str, staging_db: str, production_db: str, *, reset_outdated: bool = False) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        _ensure_role(admin, OWNER_ROLE, None)
-        for role, (variable, default) in LOGIN_ROLES.items():
-            _ensure_role(admin, role, os.environ.get(variable, default))
-        _ensure_database(admin, staging_db, OWNER_ROLE, reset_outdated)
-        _ensure_database(admin, production_db, "postgres", reset_outdated)
-        # Both write a batch with per-row foreign-key triggers off and check the keys once per
-        # batch instead (clientflow.promotion.promote, the dummy_upsert materialization).
-        admin.execute(sql.SQL("grant set on parameter session_replication_role to {}, {}").format(
-            sql.Identifier(TRANSFORMER_ROLE), sql.Identifier(PROMOTER_ROLE)))
+        admin.execute("select pg_advisory_lock(%s)", (BOOTSTRAP_LOCK,))  # held until this connection closes
+        _bootstrap(admin, admin_dsn, staging_db, production_db, reset_outdated)
+
+
+def _bootstrap(admin: psycopg.Connection[Any], admin_dsn: str, staging_db: str, production_db: str,
+               reset_outdated: bool) -> None:
+    _ensure_role(admin, OWNER_ROLE, None)
+    for role, (variable, default) in LOGIN_ROLES.items():
+        _ensure_role(admin, role, os.environ.get(variable, default))
+    _ensure_database(admin, staging_db, OWNER_ROLE, reset_outdated)
+    _ensure_database(admin, production_db, "postgres", reset_outdated)
+    # Both write a batch with per-row foreign-key triggers off and check the keys once per
+    # batch instead (clientflow.promotion.promote, the dummy_upsert materialization).
+    admin.execute(sql.SQL("grant set on parameter session_replication_role to {}, {}").format(
+        sql.Identifier(TRANSFORMER_ROLE), sql.Identifier(PROMOTER_ROLE)))
 
     with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=staging_db)) as conn:
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(OWNER_ROLE)))

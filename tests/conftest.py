@@ -46,6 +46,7 @@ os.environ.update(
         "CLIENTFLOW_BUCKET": f"landing-{SESSION}",
         "CLIENTFLOW_REDIS_DB": "13",
         "CLIENTFLOW_REDIS_KEY_PREFIX": f"clientflow-test-{SESSION}",  # test sessions may share the database
+        "CLIENTFLOW_TEST_TMP": str(TMP),  # the session's own temporary files, removed at its end
         "AIRFLOW_HOME": str(TMP / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),

@@ -4,13 +4,18 @@ For tests that call the pipeline stages directly (clientflow.pipeline.*): the sa
 the same vars (the mapping's), the same session settings (the pipeline's planner settings and the batch's
 ingestion id, date and fencing token, as PGOPTIONS), the same staging database
 and the same role (the transformer).
-Each call uses its own target and log directories, so calls never touch dbt/target.
+Each call uses its own target and log directories, so calls never touch dbt/target. dbt parses
+partially, as Cosmos' runs do: each call starts from the parse the last call with the same vars
+left (a copy of its ``partial_parse.msgpack``; the vars differ by client), about 1.2 s less per
+build than a full parse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,6 +27,7 @@ from clientflow.transform.dbt_group import batch_settings
 ROOT = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = ROOT / "dbt"
 DBT = Path(os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", ROOT / ".venv-dbt" / "bin" / "dbt"))
+PARSED = "partial_parse.msgpack"
 
 
 class TransformFailed(Exception):
@@ -64,12 +70,22 @@ def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any
     """``extra_vars``: dbt vars of the project's own (dbt_project.yml) to set for this build;
     ``command`` and ``select``: another dbt command or selection (a test that runs one model)."""
     dbt_vars = {**mapping.dbt_vars(), **(extra_vars or {})}
+    # in the test session's own temporary directory (tests/conftest.py), one per set of vars
+    parsed = Path(os.environ["CLIENTFLOW_TEST_TMP"]) / "dbt-parses" / hashlib.sha256(json.dumps(dbt_vars, sort_keys=True).encode()).hexdigest()[:16]
     with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
+        target = Path(tmp) / "target"
+        target.mkdir()
+        if (parsed / PARSED).exists():
+            shutil.copyfile(parsed / PARSED, target / PARSED)
         done = subprocess.run(
             [str(DBT), command, "--select", select, "--vars", json.dumps(dbt_vars),
              "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
-             "--target-path", f"{tmp}/target", "--log-path", f"{tmp}/logs", "--no-partial-parse"],
+             "--target-path", str(target), "--log-path", f"{tmp}/logs"],
             cwd=DBT_DIR, env=dbt_env(settings, batch), capture_output=True, text=True, timeout=300,
         )
+        if (target / PARSED).exists():  # kept for the next call with these vars (a rename: whole or not at all)
+            parsed.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target / PARSED, target / f"{PARSED}.copy")
+            os.replace(target / f"{PARSED}.copy", parsed / PARSED)
     if done.returncode != 0:
         raise TransformFailed(done.stdout[-4000:] + done.stderr[-2000:])
