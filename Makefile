@@ -42,7 +42,7 @@ test: install
 	scripts/stack.sh services
 	$(MAKE) --no-print-directory lint
 	mkdir -p .cache/tmp
-	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	TMPDIR=$(CURDIR)/.cache/tmp PYINSTALLER_CONFIG_DIR=$(CURDIR)/.cache/pyinstaller $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # What users do on the running stack (the scheduler and triggerer, bucket events): starts the
 # stack if needed and leaves it running (make down stops it).
