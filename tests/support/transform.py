@@ -71,7 +71,8 @@ def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any
     ``command`` and ``select``: another dbt command or selection (a test that runs one model)."""
     dbt_vars = {**mapping.dbt_vars(), **(extra_vars or {})}
     # in the test session's own temporary directory (tests/conftest.py), one per set of vars
-    parsed = Path(os.environ["CLIENTFLOW_TEST_TMP"]) / "dbt-parses" / hashlib.sha256(json.dumps(dbt_vars, sort_keys=True).encode()).hexdigest()[:16]
+    vars_hash = hashlib.sha256(json.dumps(dbt_vars, sort_keys=True).encode()).hexdigest()[:16]
+    parsed = Path(os.environ["CLIENTFLOW_TEST_TMP"]) / "dbt-parses" / vars_hash
     with tempfile.TemporaryDirectory(prefix="clientflow-dbt-") as tmp:
         target = Path(tmp) / "target"
         target.mkdir()
@@ -83,9 +84,8 @@ def transform(settings: Any, mapping: Any, batch: Any, extra_vars: dict[str, Any
              "--target-path", str(target), "--log-path", f"{tmp}/logs"],
             cwd=DBT_DIR, env=dbt_env(settings, batch), capture_output=True, text=True, timeout=300,
         )
-        if (target / PARSED).exists():  # kept for the next call with these vars (a rename: whole or not at all)
+        if (target / PARSED).exists():  # moved (a rename: whole or not at all) for the next call with these vars
             parsed.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(target / PARSED, target / f"{PARSED}.copy")
-            os.replace(target / f"{PARSED}.copy", parsed / PARSED)
+            os.replace(target / PARSED, parsed / PARSED)
     if done.returncode != 0:
         raise TransformFailed(done.stdout[-4000:] + done.stderr[-2000:])
