@@ -17,9 +17,9 @@ Foreign keys are checked once per key and batch, set-based, against production a
 were written: per-row foreign-key triggers are off for the transaction (``session_replication_
 role``, granted to the promoter for this), which made the first load of 4,000,000 rows several
 times faster. A small change set checks only its new rows and the rows whose foreign key it
-changes (:func:`_check_parents`). Any orphan fails the promotion and rolls everything back. The promotion also
-writes ``promotions`` (one row per batch, with its time) in the same transaction: if that row
-exists, the batch is in production, whatever the ledger says.
+changes (:func:`_check_parents`). Any orphan fails the promotion and rolls everything back. The
+promotion also writes ``promotions`` (one row per batch, with its time) in the same transaction:
+if that row exists, the batch is in production, whatever the ledger says.
 """
 
 from __future__ import annotations
