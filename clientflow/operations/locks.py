@@ -70,6 +70,13 @@ class LockReleased(LockLost):
     """The run's batch failed and its lock was released (a task of it cleared on its own)."""
 
 
+def key(settings: RedisSettings, kind: str, name: str) -> str:
+    """The Redis key of a client's ``lock`` or ``fence`` counter, or of a batch's ``promoted`` mark."""
+    if kind not in ("lock", "fence", "promoted"):
+        raise ValueError(f"not a clientflow Redis key kind: {kind}")
+    return f"{settings.key_prefix}:{kind}:{name}"
+
+
 def _client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url.get_secret_value(), **settings.client_options())
 
@@ -81,14 +88,14 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
     over with a newer token. The fence row is committed by the caller's transaction.
     """
     r = _client(settings)
-    key = f"{settings.key_prefix}:lock:{client}"
+    lock_key = key(settings, "lock", client)
     # PostgreSQL is the source of truth: a Redis that lost its counter (restarted without
     # persistence, failed over, flushed) must not hand out a token the ledger already saw.
     (floor,) = conn.execute("select coalesce(max(token), 0) from pipeline.client_fence where client_name = %s",
                             (client,)).fetchone() or (0,)
-    token = int(r.eval(_NEXT_TOKEN, 1, f"{settings.key_prefix}:fence:{client}", floor))
+    token = int(r.eval(_NEXT_TOKEN, 1, key(settings, "fence", client), floor))
     value = f"{token}:{uuid.uuid4().hex}:{holder}"
-    if not r.eval(_ACQUIRE, 1, key, value, settings.lock_timeout_seconds, holder):
+    if not r.eval(_ACQUIRE, 1, lock_key, value, settings.lock_timeout_seconds, holder):
         raise LockBusy(
             "another run holds this client's lock; waiting for it",
             Where(client=client),
@@ -105,7 +112,7 @@ def acquire(settings: RedisSettings, conn: psycopg.Connection[Any], client: str,
             (client, token, holder),
         )
     except BaseException:
-        r.eval(_RELEASE, 1, key, value)  # don't leave the lock to its timeout
+        r.eval(_RELEASE, 1, lock_key, value)  # don't leave the lock to its timeout
         raise
     return ClientLock(client, token, value)
 
@@ -158,7 +165,7 @@ return 0
 
 def renew(settings: RedisSettings, client: str, holder: str) -> bool:
     """Push the lock's expiry one timeout ahead if ``holder`` (an Airflow run id) holds it."""
-    return bool(_client(settings).eval(_RENEW, 1, f"{settings.key_prefix}:lock:{client}", holder,
+    return bool(_client(settings).eval(_RENEW, 1, key(settings, "lock", client), holder,
                                        settings.lock_timeout_seconds))
 
 
@@ -185,16 +192,16 @@ class Renewer(threading.Thread):
 
 def release(settings: RedisSettings, lock: ClientLock) -> None:
     r = _client(settings)
-    r.eval(_RELEASE, 1, f"{settings.key_prefix}:lock:{lock.client}", lock.holder)
+    r.eval(_RELEASE, 1, key(settings, "lock", lock.client), lock.holder)
 
 
 def remember_promoted(settings: RedisSettings, ingestion_id: str) -> None:
     """Fast-path idempotency key; PostgreSQL's ledger stays the source of truth."""
-    _client(settings).set(f"{settings.key_prefix}:promoted:{ingestion_id}", "1", ex=30 * 86400)
+    _client(settings).set(key(settings, "promoted", ingestion_id), "1", ex=30 * 86400)
 
 
 def known_promoted(settings: RedisSettings, ingestion_id: str) -> bool:
     try:
-        return bool(_client(settings).exists(f"{settings.key_prefix}:promoted:{ingestion_id}"))
+        return bool(_client(settings).exists(key(settings, "promoted", ingestion_id)))
     except redis.RedisError:
         return False  # Redis is only a cache here: fall back to the ledger.

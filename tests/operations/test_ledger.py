@@ -28,7 +28,7 @@ def _events(settings: Any, ingestion_id: str) -> list[tuple[Any, ...]]:
 
 def _lock_held(settings: Any, client: str) -> bool:
     return bool(redis.Redis.from_url(settings.redis.url.get_secret_value()).exists(
-        f"{settings.redis.key_prefix}:lock:{client}"))
+        locks.key(settings.redis, "lock", client)))
 
 
 def test_failed_batch_is_retried_and_every_change_is_traced(settings: Any) -> None:

@@ -39,7 +39,7 @@ def _redis(settings: Any) -> redis.Redis:
 
 
 def _lock_key(settings: Any, client: str) -> str:
-    return f"{settings.redis.key_prefix}:lock:{client}"
+    return locks.key(settings.redis, "lock", client)
 
 
 def _short_lock(settings: Any, seconds: int) -> Any:
@@ -176,12 +176,12 @@ def test_a_redis_that_forgot_its_counter_never_hands_out_a_token_the_ledger_saw(
     with psycopg.connect(settings.staging.conninfo()) as conn:
         (recorded,) = conn.execute("select token from pipeline.client_fence where client_name = %s",
                                    (mapping.client,)).fetchone()
-    _redis(settings).delete(f"{settings.redis.key_prefix}:fence:{mapping.client}")  # the restart
+    _redis(settings).delete(locks.key(settings.redis, "fence", mapping.client))  # the restart
 
     batch = run_batch(settings, mapping, practice.write(date(2026, 5, 20), "r1", tables(3, "forgot")))
     assert batch.lock.token == recorded + 1
     assert production_rows(settings, mapping.client, "patients", "last_name")["P2"] == ("Name2-forgot",)
-    assert int(_redis(settings).get(f"{settings.redis.key_prefix}:fence:{mapping.client}")) == recorded + 1
+    assert int(_redis(settings).get(locks.key(settings.redis, "fence", mapping.client))) == recorded + 1
 
 
 def _dummy_production_rows(settings: Any, client: str) -> int:
@@ -318,7 +318,7 @@ def test_a_live_holder_keeps_its_lock_past_the_timeout_and_a_dead_one_loses_it(s
     renewer.start()
     try:
         time.sleep(14)  # longer than the timeout
-        assert _redis(settings).get(f"{short.key_prefix}:lock:{client}").decode() == lock.holder
+        assert _redis(settings).get(locks.key(short, "lock", client)).decode() == lock.holder
         assert renewer.renewals >= 3
         with psycopg.connect(settings.staging.conninfo()) as conn, pytest.raises(LockBusy):
             locks.acquire(short, conn, client, holder="run-B")
@@ -327,7 +327,7 @@ def test_a_live_holder_keeps_its_lock_past_the_timeout_and_a_dead_one_loses_it(s
         renewer.stop()
     renewer.join(5)
     time.sleep(11)  # one timeout after the last renewal
-    assert _redis(settings).get(f"{short.key_prefix}:lock:{client}") is None
+    assert _redis(settings).get(locks.key(short, "lock", client)) is None
     with psycopg.connect(settings.staging.conninfo()) as conn:
         taken = locks.acquire(short, conn, client, holder="run-B")
     assert taken.token > lock.token
