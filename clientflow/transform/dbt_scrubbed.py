@@ -11,6 +11,10 @@ constraint, column and type involved. A run that failed because the database wen
 terminated backend, a restart, refused connections) exits with ``TRANSIENT_EXIT`` instead of dbt's
 code, so that the task is retried; a run that failed on the data is not.
 
+With ``CLIENTFLOW_DBT_FORKSERVER`` set (the local stack sets it), the run is a fork of a server that
+imported dbt already (``dbt_forkserver``: about two seconds less per run), its output read and
+scrubbed the same way. Without it, or if the server does not answer, dbt starts on its own.
+
 Standard library only: it runs under whatever ``python3`` is on the worker's PATH.
 """
 
@@ -20,9 +24,12 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 WITHHELD = "(value withheld)"
 _PROJECT = Path(__file__).resolve().parent.parent.parent
@@ -102,17 +109,80 @@ def is_transient(line: str) -> bool:
     return bool(_TRANSIENT.search(line))
 
 
+FORKSERVER_ENV = "CLIENTFLOW_DBT_FORKSERVER"
+"""The socket of a dbt fork server (clientflow/transform/dbt_forkserver.py), if one is to be used."""
+
+
+class _Forked:
+    """A run started by the fork server: its output's read end, its pid and the connection that
+    reports its exit."""
+
+    def __init__(self, conn: socket.socket, answers: Any, output: int, pid: int) -> None:
+        self.conn, self.answers, self.output, self.pid = conn, answers, output, pid
+
+    def terminate(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        with self.conn, self.answers:
+            for line in self.answers:
+                message = json.loads(line)
+                if "exit" in message:
+                    return int(message["exit"])
+        raise OSError("the dbt fork server went away before the run's end")
+
+
+def _forked(socket_path: str, dbt: str, argv: list[str]) -> _Forked | None:
+    """dbt started by the fork server at ``socket_path``; None (and a line on stderr saying why)
+    if the server is not there or refuses, and the caller runs dbt itself."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    read_end, write_end = os.pipe()
+    try:
+        conn.connect(socket_path)
+        request = json.dumps({"dbt": dbt, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+        socket.send_fds(conn, [struct.pack("!I", len(request))], [write_end])
+        conn.sendall(request)
+        os.close(write_end)
+        write_end = -1
+        answers = conn.makefile("rb")
+        answer = json.loads(answers.readline() or b"{}")
+        if "pid" not in answer:
+            answers.close()
+            raise OSError(answer.get("refused", "no answer"))
+        return _Forked(conn, answers, read_end, int(answer["pid"]))
+    except (OSError, ValueError) as exc:
+        print(f"dbt fork server at {socket_path} not used ({type(exc).__name__}: {exc}); starting dbt",
+              file=sys.stderr, flush=True)
+        conn.close()
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+        return None
+
+
 def main(argv: list[str]) -> int:
     dbt = os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", str(_PROJECT / ".venv-dbt" / "bin" / "dbt"))
-    proc = subprocess.Popen([dbt, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1)
-    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a killed task stops dbt too
-    assert proc.stdout is not None
+    forkserver = os.environ.get(FORKSERVER_ENV)
+    proc: _Forked | subprocess.Popen[str] | None = _forked(forkserver, dbt, argv) if forkserver else None
+    output: IO[str]
+    if isinstance(proc, _Forked):
+        output = open(proc.output, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    else:
+        proc = subprocess.Popen([dbt, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        output = proc.stdout
+    running = proc
+    signal.signal(signal.SIGTERM, lambda *_: running.terminate())  # a killed task stops dbt too
     transient = False
-    for line in proc.stdout:
-        transient = transient or is_transient(line)
-        sys.stdout.write(scrub_line(line))
-        sys.stdout.flush()
+    with output:
+        for line in output:
+            transient = transient or is_transient(line)
+            sys.stdout.write(scrub_line(line))
+            sys.stdout.flush()
     code = proc.wait()
     return TRANSIENT_EXIT if code != 0 and transient else code
 

@@ -26,7 +26,9 @@ from clientflow.transform.dbt_group import batch_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = ROOT / "dbt"
-DBT = Path(os.environ.get("CLIENTFLOW_DBT_EXECUTABLE", ROOT / ".venv-dbt" / "bin" / "dbt"))
+DBT = ROOT / "clientflow" / "transform" / "dbt_scrubbed.py"
+"""dbt as the DAGs run it: CLIENTFLOW_DBT_EXECUTABLE (default .venv-dbt/bin/dbt), its output scrubbed,
+through the session's fork server (tests/conftest.py)."""
 PARSED = "partial_parse.msgpack"
 
 
