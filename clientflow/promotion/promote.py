@@ -16,10 +16,11 @@ tenant key is always part of it, so two clients' equal ids never meet):
 Foreign keys are checked once per key and batch, set-based, against production after the parents
 were written: per-row foreign-key triggers are off for the transaction (``session_replication_
 role``, granted to the promoter for this), which made the first load of 4,000,000 rows several
-times faster. A small change set checks only its new rows and the rows whose foreign key it
-changes (:func:`_check_parents`). Any orphan fails the promotion and rolls everything back. The
-promotion also writes ``promotions`` (one row per batch, with its time) in the same transaction:
-if that row exists, the batch is in production, whatever the ledger says.
+times faster. A small change set looks each of its rows up once (:func:`_classify`), and checks
+the parents of its new rows and of the rows that change a parent only. Any orphan fails the
+promotion and rolls everything back. The promotion also writes ``promotions`` (one row per batch,
+with its time) in the same transaction: if that row exists, the batch is in production, whatever
+the ledger says.
 """
 
 from __future__ import annotations
@@ -100,6 +101,49 @@ def _merge(production: psycopg.Connection[Any], name: str, incoming: str) -> tup
     return inserted, updated
 
 
+CLASSIFIED = (sql.SQL("_tid tid"), sql.SQL("_write boolean"), sql.SQL("_same_parents boolean"))
+"""What :func:`_classify` records on each row of a small change set."""
+
+
+def _classify(production: psycopg.Connection[Any], name: str, incoming: str) -> None:
+    """One primary-key lookup per row of the small change set ``incoming``, recorded on the row:
+    the production row it meets (``_tid``, null for a new row), whether the merge rewrites that
+    row (``_write``: the same rule as :func:`_merge`'s update) and whether the row keeps that
+    row's parents (``_same_parents``). The insert, the update and the parents' check then look
+    nothing up again: an incremental batch of 14,285 appointments looked each of them up three
+    times (docs/benchmarks.md)."""
+    ours = entity(name)
+    keys = ours.primary_key
+    target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
+    on = sql.SQL(" and ").join(sql.SQL("t.{k} = i.{k}").format(k=sql.Identifier(k)) for k in keys)
+    watched = [c for c in (*ours.business_columns, "deleted_at", BATCH_DATE) if c not in keys]
+    parents = [fk.column for fk in ours.parents]
+    same_parents = sql.SQL("({}) is not distinct from ({})").format(
+        _names(parents, "t."), _names(parents, "i.")) if parents else sql.SQL("true")
+    production.execute(sql.SQL("alter table {i} add column {columns}").format(
+        i=i, columns=sql.SQL(", add column ").join(CLASSIFIED)))
+    production.execute(sql.SQL(
+        "update {i} i set _tid = t.ctid, _write = (t.{d} is null or t.{d} <= i.{d}) and ({old_w}) is distinct from "
+        "({new_w}), _same_parents = {same_parents} from {target} t where {on}"
+    ).format(i=i, target=target, on=on, d=sql.Identifier(BATCH_DATE), old_w=_names(watched, "t."),
+             new_w=_names(watched, "i."), same_parents=same_parents))
+
+
+def _merge_classified(production: psycopg.Connection[Any], name: str, incoming: str) -> tuple[int, int]:
+    """:func:`_merge` of a classified change set: the new rows inserted, the rows to rewrite
+    updated through the row ids :func:`_classify` found (a TID scan, no index lookup)."""
+    ours = entity(name)
+    cols, keys = ours.production_columns, ours.primary_key
+    target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
+    inserted = production.execute(sql.SQL("insert into {target} ({cols}) select {cols} from {i} where _tid is null").format(
+        target=target, cols=_names(cols), i=i)).rowcount
+    others = [c for c in cols if c not in keys]
+    updated = production.execute(sql.SQL(
+        "update {target} t set ({set}) = ({new}) from {i} i where t.ctid = i._tid and i._write"
+    ).format(target=target, i=i, set=_names(others), new=_names(others, "i."))).rowcount
+    return inserted, updated
+
+
 def _refresh_statistics(production: psycopg.Connection[Any], name: str) -> None:
     """ANALYZE of one production table, through the owner's function (include/sql/production_rls.sql):
     after a first load or a large change set, the next promotion's plans need the new figures. It
@@ -107,26 +151,18 @@ def _refresh_statistics(production: psycopg.Connection[Any], name: str) -> None:
     production.execute("select practice.refresh_statistics(%s)", (name,))
 
 
-def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Composable, where: Where, *,
-                   changed_only: bool = False) -> None:
+def _check_parents(production: psycopg.Connection[Any], name: str, rows: sql.Composable, where: Where) -> None:
     """Every foreign key of ``rows`` (the batch's rows of ``name``) names a parent in production.
-
-    ``changed_only`` (before a merge) leaves out the rows production holds with the same value:
-    production's own foreign-key constraints, and this check in every promotion, made that value
-    name a parent, and production never deletes a row (deletes are soft). A 1% batch then looks up
-    parents only for its new rows and changed keys, not for every changed row: cold random reads
-    of the parents' index and heap were a sixth of such a promotion (docs/benchmarks.md)."""
+    A small change set passes only its new rows and the rows that change a parent (:func:`_classify`):
+    cold random reads of the parents' index and heap were a sixth of a 1% batch's promotion
+    (docs/benchmarks.md)."""
     ours = entity(name)
     for fk in ours.parents:
         col = sql.Identifier(fk.column)
-        kept = sql.SQL(
-            " and not exists (select 1 from {target} t where t.client_id = r.client_id and t.{key} = r.{key} "
-            "and t.{col} = r.{col})").format(target=sql.Identifier(PRACTICE_SCHEMA, name),
-                                              key=sql.Identifier(ours.key), col=col) if changed_only else sql.SQL("")
         orphans = _count(production, sql.SQL(
-            "select count(*) from {rows} r where r.{col} is not null{kept} and not exists "
+            "select count(*) from {rows} r where r.{col} is not null and not exists "
             "(select 1 from {parent} p where p.client_id = r.client_id and p.{col} = r.{col})").format(
-            rows=rows, col=col, kept=kept, parent=sql.Identifier(PRACTICE_SCHEMA, fk.parent)))
+            rows=rows, col=col, parent=sql.Identifier(PRACTICE_SCHEMA, fk.parent)))
         if orphans:
             raise PermanentError(f"{orphans} row(s) of {name}.{fk.column} refer to no {fk.parent} row in production; "
                                  "the promotion was rolled back", where,
@@ -181,15 +217,19 @@ def _promote_entity(staging: psycopg.Connection[Any], production: psycopg.Connec
     production.execute(sql.SQL("analyze {}").format(sql.Identifier(incoming)))  # else: plans for 0 rows, scans
     offered = _count(production, sql.SQL("select count(*) from {}").format(sql.Identifier(incoming)))
     _check_change_set(staging, name, client, ingestion_id, offered, where)
-    small = offered < SMALL_CHANGE_SET
-    if small:  # one primary-key lookup per changed row, not a scan of the client's whole table
+    if offered < SMALL_CHANGE_SET:  # one primary-key lookup per changed row, not a scan of the client's whole table
         production.execute("set local enable_hashjoin = off; set local enable_mergejoin = off")
-    _check_parents(production, name, sql.Identifier(incoming), where, changed_only=small)
-    inserted, updated = _merge(production, name, incoming)
-    if small:
+        _classify(production, name, incoming)
+        # parents are looked up for the new rows and the rows that change them only: production's
+        # own foreign keys, and this check in every promotion, made the others' parents exist
+        _check_parents(production, name, sql.SQL("(select * from {} where _tid is null or not _same_parents)").format(
+            sql.Identifier(incoming)), where)
+        inserted, updated = _merge_classified(production, name, incoming)
         production.execute("set local enable_hashjoin = on; set local enable_mergejoin = on")
-    else:
-        _refresh_statistics(production, name)
+        return offered, inserted, updated
+    _check_parents(production, name, sql.Identifier(incoming), where)
+    inserted, updated = _merge(production, name, incoming)
+    _refresh_statistics(production, name)
     return offered, inserted, updated
 
 

@@ -6,6 +6,7 @@ backfill test, which runs the client DAG with a logical date and no params.
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,13 @@ def test_plan_defaults_to_the_logical_date() -> None:
     assert planned == Batch(client="arr_params", day=date(2026, 3, 9))
 
 
-def test_late_older_batch_never_overwrites_newer_rows(settings: Any) -> None:
-    mapping = mapping_for("arr_late")
+@pytest.mark.parametrize("small_change_set", [200_000, 0], ids=["looked_up_once", "joined"])
+def test_late_older_batch_never_overwrites_newer_rows(settings: Any, monkeypatch: pytest.MonkeyPatch,
+                                                      small_change_set: int) -> None:
+    """Both ways the promotion merges (a small change set's rows looked up once, a large one's
+    joined with the client's rows) keep the same rule."""
+    monkeypatch.setattr(sys.modules["clientflow.promotion.promote"], "SMALL_CHANGE_SET", small_change_set)
+    mapping = mapping_for(f"arr_late_{small_change_set}")
     practice = Practice(settings, mapping.client)
     today, yesterday = date(2026, 3, 11), date(2026, 3, 10)
     run_batch(settings, mapping, practice.write(today, "20260311T010000Z", tables(4, "today")))

@@ -270,8 +270,11 @@ def test_two_tenants_with_the_same_keys_keep_their_own_rows(settings: Any) -> No
     assert production_rows(settings, "tenant_b", "patients", "last_name")["P1"] == ("Name1-b2",)
 
 
-def test_a_batch_that_changes_one_row_writes_one_row(settings: Any) -> None:
-    mapping = mapping_for("one_change")
+@pytest.mark.parametrize("small_change_set", [200_000, 0], ids=["looked_up_once", "joined"])
+def test_a_batch_that_changes_one_row_writes_one_row(settings: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     small_change_set: int) -> None:
+    monkeypatch.setattr(sys.modules["clientflow.promotion.promote"], "SMALL_CHANGE_SET", small_change_set)
+    mapping = mapping_for(f"one_change_{small_change_set}")
     practice = Practice(settings, mapping.client)
     run_batch(settings, mapping, practice.write(DAY, "r1", tables(20)))
     again = tables(20)
