@@ -66,17 +66,6 @@ from clientflow.settings_file import airflow_env  # noqa: E402
 
 os.environ.update(airflow_env())
 
-# The session's dbt fork server (clientflow/transform/dbt_forkserver.py), as the local stack runs
-# one: every dbt run of the tests (tests/support/transform.py, and Cosmos' under dag.test) goes
-# through dbt_scrubbed, which uses it once its socket is up and starts dbt on its own before.
-DBT_FORKSERVER = subprocess.Popen(
-    [str(ROOT / ".venv-dbt" / "bin" / "python"), str(ROOT / "clientflow" / "transform" / "dbt_forkserver.py"),
-     str(TMP / "dbt.sock")],
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-)
-os.environ["CLIENTFLOW_DBT_FORKSERVER"] = str(TMP / "dbt.sock")
-
-
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     from tests.support.net import wait_port
 
@@ -84,6 +73,26 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
         wait_port(port, proc)
     except RuntimeError as exc:
         raise RuntimeError(f"{what}: {exc}") from None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_forkserver() -> Iterator[None]:
+    """The session's dbt fork server (clientflow/transform/dbt_forkserver.py), as the local stack
+    runs one: every dbt run of the tests (tests/support/transform.py, and Cosmos' under dag.test)
+    goes through dbt_scrubbed, which uses it once its socket is up and starts dbt on its own
+    before. Not waited for: dbt takes a few seconds to import."""
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv-dbt" / "bin" / "python"), str(ROOT / "clientflow" / "transform" / "dbt_forkserver.py"),
+         str(TMP / "dbt.sock")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.environ["CLIENTFLOW_DBT_FORKSERVER"] = str(TMP / "dbt.sock")
+    yield
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -187,9 +196,4 @@ def scratch_db() -> Iterator[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    DBT_FORKSERVER.terminate()
-    try:
-        DBT_FORKSERVER.wait(10)
-    except subprocess.TimeoutExpired:
-        DBT_FORKSERVER.kill()
     shutil.rmtree(TMP, ignore_errors=True)

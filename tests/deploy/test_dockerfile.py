@@ -4,6 +4,7 @@ the Dockerfile and .dockerignore instead of building the image."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -110,10 +111,9 @@ def _dbt_command(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[s
     started: list[list[str]] = []
 
     class Finished:
-        stdout: list[str] = []
-
         def __init__(self, args: list[str], **_: Any) -> None:
             started.append(args)
+            self.stdout = io.StringIO("")
 
         def wait(self) -> int:
             return 0
@@ -121,6 +121,7 @@ def _dbt_command(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[s
     monkeypatch.setattr(dbt_scrubbed.subprocess, "Popen", Finished)
     monkeypatch.setattr(dbt_scrubbed.signal, "signal", lambda *_: None)  # pytest keeps its SIGTERM
     monkeypatch.delenv("CLIENTFLOW_DBT_EXECUTABLE", raising=False)
+    monkeypatch.delenv("CLIENTFLOW_DBT_FORKSERVER", raising=False)  # the image runs no fork server
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert dbt_scrubbed.main(["parse"]) == 0
