@@ -183,7 +183,12 @@ def main(argv: list[str]) -> int:
             transient = transient or is_transient(line)
             sys.stdout.write(scrub_line(line))
             sys.stdout.flush()
-    code = proc.wait()
+    try:
+        code = proc.wait()
+    except (OSError, ValueError) as exc:  # the fork server died before it reported the run's end
+        print(f"dbt run's exit code unknown ({type(exc).__name__}: {exc}); the task may be retried",
+              file=sys.stderr, flush=True)
+        return TRANSIENT_EXIT
     return TRANSIENT_EXIT if code != 0 and transient else code
 
 

@@ -182,3 +182,18 @@ def test_a_server_refuses_a_dbt_of_another_virtualenv(server: tuple[str, Any], t
     done = _wrapper(["ls", "--no-such-option"], _env(path, CLIENTFLOW_DBT_EXECUTABLE=str(elsewhere / "dbt")))
     assert done.returncode == 2  # the configured dbt ran, on its own
     assert "is not the dbt of this server" in done.stderr
+
+
+def test_a_run_whose_handler_died_ends_as_a_transient_failure(server: tuple[str, Any], settings: Any,
+                                                              tmp_path: Path) -> None:
+    """The server's handler of the connection reports the run's exit code; killed (the server
+    restarted, the machine short of memory), the code is unknown, and the task may be retried."""
+    path, proc = server
+    wrapper = _slow(path, settings, tmp_path)
+    run = _run_of(proc.pid)
+    handler = next(h for h in _children(proc.pid) if run in _children(h))
+    os.kill(handler, signal.SIGKILL)
+    os.kill(run, signal.SIGKILL)
+    _, err = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 75, err  # dbt_scrubbed.TRANSIENT_EXIT
+    assert "exit code unknown" in err
