@@ -111,7 +111,7 @@ def _run(request: dict[str, Any], out_fd: int) -> None:
         except SystemExit as exc:  # click's standalone mode ends with sys.exit
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:  # noqa: BLE001 - reported on the run's output, the code says failed
-        print(f"dbt fork server: the run failed to start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"dbt fork server: the run stopped on {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
     finally:
         # What a normal exit runs: dbt's and multiprocessing's exit functions (its semaphores,
@@ -163,16 +163,22 @@ def _handle(conn: socket.socket) -> None:
             conn.close()
             _run(request, fds[0])
         os.close(fds[0])
-        _send(conn, {"pid": pid})
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-                break
-            readable, _, _ = select.select([conn], [], [], 0.2)
-            if readable and not conn.recv(1):  # the client is gone: so is the run's reader
-                _stop(pid)
-                break
+        ended = False
+        try:
+            _send(conn, {"pid": pid})
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    ended = True
+                    _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                    break
+                readable, _, _ = select.select([conn], [], [], 0.2)
+                if readable and not conn.recv(1):  # the client is gone: so is the run's reader
+                    break
+        except OSError:  # the client went away mid-answer
+            pass
+        if not ended:  # its run has no reader any more
+            _stop(pid)
     except Refused as exc:
         try:
             _send(conn, {"refused": str(exc)})
