@@ -82,22 +82,33 @@ def _copy(staging: psycopg.Connection[Any], production: psycopg.Connection[Any],
     relay_copy(staging, out_sql, production, in_sql)
 
 
+def _same_key(keys: Iterable[str]) -> sql.Composed:
+    """``t`` (production) and ``i`` (the change set) are the same row."""
+    return sql.SQL(" and ").join(sql.SQL("t.{k} = i.{k}").format(k=sql.Identifier(k)) for k in keys)
+
+
+def _rewrites(name: str) -> sql.Composed:
+    """The change set's row ``i`` is written over production's ``t``: the conflict rule (newer or
+    equal batch date wins) and something to write (a business column, the deletion or the date)."""
+    ours = entity(name)
+    watched = [c for c in (*ours.business_columns, "deleted_at", BATCH_DATE) if c not in ours.primary_key]
+    return sql.SQL("(t.{d} is null or t.{d} <= i.{d}) and ({old_w}) is distinct from ({new_w})").format(
+        d=sql.Identifier(BATCH_DATE), old_w=_names(watched, "t."), new_w=_names(watched, "i."))
+
+
 def _merge(production: psycopg.Connection[Any], name: str, incoming: str) -> tuple[int, int]:
     """Insert the new rows and update the changed ones from the temp table ``incoming``."""
     ours = entity(name)
     cols, keys = ours.production_columns, ours.primary_key
-    target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
-    on = sql.SQL(" and ").join(sql.SQL("t.{k} = i.{k}").format(k=sql.Identifier(k)) for k in keys)
+    others = [c for c in cols if c not in keys]
+    target, i, on = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming), _same_key(keys)
     inserted = production.execute(sql.SQL(
         "insert into {target} ({cols}) select {icols} from {i} i where not exists (select 1 from {target} t where {on})"
     ).format(target=target, cols=_names(cols), icols=_names(cols, "i."), i=i, on=on)).rowcount
-    watched = [c for c in (*ours.business_columns, "deleted_at", BATCH_DATE) if c not in keys]
     updated = production.execute(sql.SQL(
-        "update {target} t set ({set}) = ({new}) from {i} i where {on} "
-        "and (t.{d} is null or t.{d} <= i.{d}) and ({old_w}) is distinct from ({new_w})"
-    ).format(target=target, i=i, on=on, d=sql.Identifier(BATCH_DATE),
-             set=_names(c for c in cols if c not in keys), new=_names((c for c in cols if c not in keys), "i."),
-             old_w=_names(watched, "t."), new_w=_names(watched, "i."))).rowcount
+        "update {target} t set ({set}) = ({new}) from {i} i where {on} and {rewrites}"
+    ).format(target=target, i=i, on=on, set=_names(others), new=_names(others, "i."),
+             rewrites=_rewrites(name))).rowcount
     return inserted, updated
 
 
@@ -108,25 +119,21 @@ CLASSIFIED = (sql.SQL("_tid tid"), sql.SQL("_write boolean"), sql.SQL("_same_par
 def _classify(production: psycopg.Connection[Any], name: str, incoming: str) -> None:
     """One primary-key lookup per row of the small change set ``incoming``, recorded on the row:
     the production row it meets (``_tid``, null for a new row), whether the merge rewrites that
-    row (``_write``: the same rule as :func:`_merge`'s update) and whether the row keeps that
-    row's parents (``_same_parents``). The insert, the update and the parents' check then look
-    nothing up again: an incremental batch of 14,285 appointments looked each of them up three
-    times (docs/benchmarks.md)."""
+    row (``_write``: :func:`_merge`'s rule) and whether the row keeps that row's parents
+    (``_same_parents``). The insert, the update and the parents' check then look nothing up
+    again: an incremental batch of 14,285 appointments looked each of them up three times
+    (docs/benchmarks.md)."""
     ours = entity(name)
-    keys = ours.primary_key
-    target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
-    on = sql.SQL(" and ").join(sql.SQL("t.{k} = i.{k}").format(k=sql.Identifier(k)) for k in keys)
-    watched = [c for c in (*ours.business_columns, "deleted_at", BATCH_DATE) if c not in keys]
+    i = sql.Identifier(incoming)
     parents = [fk.column for fk in ours.parents]
     same_parents = sql.SQL("({}) is not distinct from ({})").format(
         _names(parents, "t."), _names(parents, "i.")) if parents else sql.SQL("true")
     production.execute(sql.SQL("alter table {i} add column {columns}").format(
         i=i, columns=sql.SQL(", add column ").join(CLASSIFIED)))
     production.execute(sql.SQL(
-        "update {i} i set _tid = t.ctid, _write = (t.{d} is null or t.{d} <= i.{d}) and ({old_w}) is distinct from "
-        "({new_w}), _same_parents = {same_parents} from {target} t where {on}"
-    ).format(i=i, target=target, on=on, d=sql.Identifier(BATCH_DATE), old_w=_names(watched, "t."),
-             new_w=_names(watched, "i."), same_parents=same_parents))
+        "update {i} i set _tid = t.ctid, _write = {rewrites}, _same_parents = {same_parents} from {target} t where {on}"
+    ).format(i=i, target=sql.Identifier(PRACTICE_SCHEMA, name), on=_same_key(ours.primary_key),
+             rewrites=_rewrites(name), same_parents=same_parents))
 
 
 def _merge_classified(production: psycopg.Connection[Any], name: str, incoming: str) -> tuple[int, int]:
@@ -134,10 +141,10 @@ def _merge_classified(production: psycopg.Connection[Any], name: str, incoming: 
     updated through the row ids :func:`_classify` found (a TID scan, no index lookup)."""
     ours = entity(name)
     cols, keys = ours.production_columns, ours.primary_key
+    others = [c for c in cols if c not in keys]
     target, i = sql.Identifier(PRACTICE_SCHEMA, name), sql.Identifier(incoming)
     inserted = production.execute(sql.SQL("insert into {target} ({cols}) select {cols} from {i} where _tid is null").format(
         target=target, cols=_names(cols), i=i)).rowcount
-    others = [c for c in cols if c not in keys]
     updated = production.execute(sql.SQL(
         "update {target} t set ({set}) = ({new}) from {i} i where t.ctid = i._tid and i._write"
     ).format(target=target, i=i, set=_names(others), new=_names(others, "i."))).rowcount

@@ -25,6 +25,7 @@ import pytest
 
 from clientflow.sample import ehrlogic, iriscare
 from tests.stack.test_bucket_events import BUCKET, PG, ROOT, _stack_env
+from tests.support import procs
 from tests.support.extractor import build_binary
 
 pytestmark = pytest.mark.scale
@@ -133,23 +134,11 @@ def _extract(client: str) -> None:
                     "--endpoint-url", "http://127.0.0.1:5055"], env=env, check=True, capture_output=True)
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process (from /proc)."""
-    found: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[int(stat.parent.name)] = int(fields[1])
-    return found
-
-
 def _worker_of(pid: int) -> str | None:
     """Which of the two workers a task process descends from (the task runner has its own
     process group, so the worker is found by its ancestors)."""
     workers = {int((STATE / f"{n}.pid").read_text()): n for n in ("worker1", "worker2")}
-    parents = _parents()
+    parents = procs.parents()
     while pid in parents and pid > 1:
         if pid in workers:
             return workers[pid]
@@ -159,7 +148,7 @@ def _worker_of(pid: int) -> str | None:
 
 def _kill_tree(root: int) -> None:
     """SIGKILL a worker and everything under it, as if its machine died."""
-    parents = _parents()
+    parents = procs.parents()
     doomed = {root}
     grew = True
     while grew:

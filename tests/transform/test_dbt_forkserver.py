@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.procs import children
 from tests.support.transform import DBT, DBT_DIR, ROOT, dbt_env
 
 SERVER = ROOT / "clientflow" / "transform" / "dbt_forkserver.py"
@@ -60,19 +61,6 @@ def _env(socket_path: str, **extra: str) -> dict[str, str]:
 
 def _wrapper(args: list[str], env: dict[str, str], cwd: Path = DBT_DIR) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(DBT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_a_run_through_the_server_is_dbt_s_run_in_the_caller_s_directory_and_environment(
@@ -122,8 +110,8 @@ def _run_of(server_pid: int) -> int:
     """The pid of the server's one run: the child of the connection's handler, a child of the server."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for handler in _children(server_pid):
-            if runs := _children(handler):
+        for handler in children(server_pid):
+            if runs := children(handler):
                 return runs[0]
         time.sleep(0.1)
     raise AssertionError("the server started no run within 60 s")
@@ -191,7 +179,7 @@ def test_a_run_whose_handler_died_ends_as_a_transient_failure(server: tuple[str,
     path, proc = server
     wrapper = _slow(path, settings, tmp_path)
     run = _run_of(proc.pid)
-    handler = next(h for h in _children(proc.pid) if run in _children(h))
+    handler = next(h for h in children(proc.pid) if run in children(h))
     os.kill(handler, signal.SIGKILL)
     os.kill(run, signal.SIGKILL)
     _, err = wrapper.communicate(timeout=30)
