@@ -66,6 +66,7 @@ from clientflow.settings_file import airflow_env  # noqa: E402
 
 os.environ.update(airflow_env())
 
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     from tests.support.net import wait_port
 

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from clientflow.db import pg_options
-from clientflow.transform.dbt_group import batch_settings
+from clientflow.transform.dbt_group import DBT_EXECUTABLE, batch_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DBT_DIR = ROOT / "dbt"
-DBT = ROOT / "clientflow" / "transform" / "dbt_scrubbed.py"
+DBT = DBT_EXECUTABLE
 """dbt as the DAGs run it: CLIENTFLOW_DBT_EXECUTABLE (default .venv-dbt/bin/dbt), its output scrubbed,
 through the session's fork server (tests/conftest.py)."""
 PARSED = "partial_parse.msgpack"
