@@ -39,7 +39,14 @@ COPY --chown=airflow:root dags /opt/clientflow/dags
 COPY --chown=airflow:root plugins /opt/clientflow/plugins
 COPY --chown=airflow:root include /opt/clientflow/include
 COPY --chown=airflow:root dbt /opt/clientflow/dbt
+COPY --chown=airflow:root deploy/entrypoint.sh /opt/clientflow/deploy/entrypoint.sh
 
 # dbt/target/manifest.json (and dbt's partial parse state), from the sources just copied;
 # .dockerignore keeps the clone's own dbt/target out of the image.
 RUN cd /opt/clientflow/dbt && /opt/clientflow/.venv-dbt/bin/dbt parse --profiles-dir . --quiet
+
+# The official entrypoint, behind ours: beside a command that runs tasks (a Celery worker, a
+# LocalExecutor's scheduler) ours starts dbt's fork server, so each dbt build is a fork of a process
+# that has dbt imported (deploy/entrypoint.sh; CLIENTFLOW_DBT_FORKSERVER=off starts none).
+ENTRYPOINT ["/usr/bin/dumb-init", "--", "/opt/clientflow/deploy/entrypoint.sh"]
+CMD []
