@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.deploy import ROOT, dockerfile, dockerignore_patterns, dockerignored
+from tests.support.procs import with_args
 from tests.support.transform import DBT, DBT_DIR
 
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
+SERVER = ROOT / "clientflow" / "transform" / "dbt_forkserver.py"
 NOT_USED = "dbt fork server at"
 """dbt_scrubbed's line when a run starts dbt on its own instead of through the server."""
 
@@ -53,16 +55,7 @@ def socket_path() -> Iterator[str]:
 
 
 def _server_pids(path: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if path.encode() in argv and any(a.endswith(b"dbt_forkserver.py") for a in argv):
-                pids.append(int(proc.name))
-    return pids
+    return with_args(str(SERVER), path)
 
 
 def _stop_server(path: str) -> None:

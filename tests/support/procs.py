@@ -20,3 +20,17 @@ def parents() -> dict[int, int]:
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
     return [child for child, parent in parents().items() if parent == pid]
+
+
+def with_args(*args: str) -> list[int]:
+    """The processes whose command line holds each of ``args`` as a whole argument."""
+    wanted = [a.encode() for a in args]
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(a in argv for a in wanted):
+            found.append(int(cmdline.parent.name))
+    return found
