@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +20,9 @@ import pytest
 
 from tests.support.deploy import ROOT, dockerfile, dockerignore_patterns, dockerignored
 from tests.support.procs import with_args
-from tests.support.transform import DBT, DBT_DIR
+from tests.support.transform import DBT, DBT_DIR, FORKSERVER, socket_path
 
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
-SERVER = ROOT / "clientflow" / "transform" / "dbt_forkserver.py"
 NOT_USED = "dbt fork server at"
 """dbt_scrubbed's line when a run starts dbt on its own instead of through the server."""
 
@@ -47,15 +45,14 @@ def _official(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def socket_path() -> Iterator[str]:
-    # a short path: a Unix socket's name holds at most 107 bytes
-    path = str(Path(tempfile.mkdtemp(dir=os.environ["CLIENTFLOW_TEST_TMP"])) / "sub" / "dbt.sock")
+def server_socket() -> Iterator[str]:
+    path = socket_path("sub", "dbt.sock")
     yield path
     _stop_server(path)
 
 
 def _server_pids(path: str) -> list[int]:
-    return with_args(str(SERVER), path)
+    return with_args(str(FORKSERVER), path)
 
 
 def _stop_server(path: str) -> None:
@@ -89,17 +86,17 @@ def _run(tmp_path: Path, args: list[str], **env: str) -> tuple[dict[str, object]
     ],
 )
 def test_a_command_that_runs_tasks_gets_a_serving_fork_server(
-        tmp_path: Path, socket_path: str, args: list[str], executor: str | None) -> None:
-    env = {"CLIENTFLOW_DBT_FORKSERVER": socket_path}
+        tmp_path: Path, server_socket: str, args: list[str], executor: str | None) -> None:
+    env = {"CLIENTFLOW_DBT_FORKSERVER": server_socket}
     if executor:
         env["AIRFLOW__CORE__EXECUTOR"] = executor
     handed, log = _run(tmp_path, args, **env)
-    assert (handed["argv"], handed["socket"]) == (args, socket_path)
-    assert re.search(rf"serving {re.escape(socket_path)} \(pid \d+\)", log), log
-    (pid,) = _server_pids(socket_path)
+    assert (handed["argv"], handed["socket"]) == (args, server_socket)
+    assert re.search(rf"serving {re.escape(server_socket)} \(pid \d+\)", log), log
+    (pid,) = _server_pids(server_socket)
     # Not a child of the Airflow command the script becomes (which may wait for children of its own).
     assert pid not in handed["children"]  # type: ignore[operator]
-    assert os.stat(Path(socket_path).parent).st_mode & 0o077 == 0
+    assert os.stat(Path(server_socket).parent).st_mode & 0o077 == 0
 
     # A task's dbt run with the environment the command was handed goes through it.
     task_env = {**os.environ, "CLIENTFLOW_DBT_FORKSERVER": str(handed["socket"])}
@@ -112,7 +109,7 @@ def test_a_command_that_runs_tasks_gets_a_serving_fork_server(
     # docker stop / a pod's deletion: SIGTERM, forwarded by dumb-init to the process group.
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while os.path.exists(socket_path):
+    while os.path.exists(server_socket):
         assert time.monotonic() < deadline, "the server did not stop on SIGTERM"
         time.sleep(0.1)
 
@@ -128,11 +125,11 @@ def test_a_command_that_runs_tasks_gets_a_serving_fork_server(
     ],
 )
 def test_any_other_command_goes_straight_to_the_official_entrypoint(
-        tmp_path: Path, socket_path: str, args: list[str], executor: str) -> None:
-    handed, log = _run(tmp_path, args, CLIENTFLOW_DBT_FORKSERVER=socket_path, AIRFLOW__CORE__EXECUTOR=executor)
+        tmp_path: Path, server_socket: str, args: list[str], executor: str) -> None:
+    handed, log = _run(tmp_path, args, CLIENTFLOW_DBT_FORKSERVER=server_socket, AIRFLOW__CORE__EXECUTOR=executor)
     assert handed["argv"] == args
     assert log == ""
-    assert not _server_pids(socket_path)
+    assert not _server_pids(server_socket)
 
 
 def test_off_starts_no_server_and_tasks_start_dbt_on_their_own(tmp_path: Path) -> None:
@@ -141,13 +138,13 @@ def test_off_starts_no_server_and_tasks_start_dbt_on_their_own(tmp_path: Path) -
     assert log == ""
 
 
-def test_a_server_that_cannot_start_leaves_the_command_to_start_without_it(tmp_path: Path, socket_path: str) -> None:
+def test_a_server_that_cannot_start_leaves_the_command_to_start_without_it(tmp_path: Path, server_socket: str) -> None:
     # an installation without the dbt virtualenv: the command still starts, and its tasks are not
     # sent to a socket nobody serves
     home = tmp_path / "home"
     (home / "clientflow" / "transform").mkdir(parents=True)
     started = time.monotonic()
-    handed, log = _run(tmp_path, ["celery", "worker"], CLIENTFLOW_DBT_FORKSERVER=socket_path, CLIENTFLOW_HOME=str(home))
+    handed, log = _run(tmp_path, ["celery", "worker"], CLIENTFLOW_DBT_FORKSERVER=server_socket, CLIENTFLOW_HOME=str(home))
     assert (handed["argv"], handed["socket"]) == (["celery", "worker"], None)
     assert "exited before serving" in log
     assert time.monotonic() - started < 20

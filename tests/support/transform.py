@@ -30,6 +30,14 @@ DBT = DBT_EXECUTABLE
 """dbt as the DAGs run it: CLIENTFLOW_DBT_EXECUTABLE (default .venv-dbt/bin/dbt), its output scrubbed,
 through the session's fork server (tests/conftest.py)."""
 PARSED = "partial_parse.msgpack"
+FORKSERVER = ROOT / "clientflow" / "transform" / "dbt_forkserver.py"
+"""dbt's fork server, run with the dbt virtualenv's Python (scripts/stack.sh, deploy/entrypoint.sh)."""
+
+
+def socket_path(*parts: str) -> str:
+    """A path for a Unix socket in a new folder of the session's temporary directory: short, as a
+    socket's name holds at most 107 bytes."""
+    return str(Path(tempfile.mkdtemp(dir=os.environ["CLIENTFLOW_TEST_TMP"])).joinpath(*parts))
 
 
 class TransformFailed(Exception):

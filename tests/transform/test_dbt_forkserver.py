@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 import pytest
 
 from tests.support.procs import children
-from tests.support.transform import DBT, DBT_DIR, ROOT, dbt_env
+from tests.support.transform import DBT, DBT_DIR, FORKSERVER, ROOT, dbt_env, socket_path
 
-SERVER = ROOT / "clientflow" / "transform" / "dbt_forkserver.py"
 DBT_PYTHON = ROOT / ".venv-dbt" / "bin" / "python"
 NOT_USED = "dbt fork server at"
 
@@ -37,9 +35,8 @@ def _answers(path: str) -> bool:
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    # a short path: a Unix socket's name holds at most 107 bytes
-    path = str(Path(tempfile.mkdtemp(dir=os.environ["CLIENTFLOW_TEST_TMP"])) / "dbt.sock")
-    proc = subprocess.Popen([str(DBT_PYTHON), str(SERVER), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    path = socket_path("dbt.sock")
+    proc = subprocess.Popen([str(DBT_PYTHON), str(FORKSERVER), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not _answers(path):
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
@@ -54,9 +51,9 @@ def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     assert not os.path.exists(path)  # a server that stops removes its socket
 
 
-def _env(socket_path: str, **extra: str) -> dict[str, str]:
+def _env(server: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CLIENTFLOW_DBT_FORKSERVER"}
-    return {**env, "CLIENTFLOW_DBT_FORKSERVER": socket_path, **extra}
+    return {**env, "CLIENTFLOW_DBT_FORKSERVER": server, **extra}
 
 
 def _wrapper(args: list[str], env: dict[str, str], cwd: Path = DBT_DIR) -> subprocess.CompletedProcess[str]:
